@@ -1,0 +1,1 @@
+//! Command line: serve, sandbox-cloud, client subcommands. (In progress.)

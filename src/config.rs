@@ -1,0 +1,241 @@
+//! Configuration: defaults -> TOML file -> `SPOTD_*` environment -> flags.
+//!
+//! Validated once into typed values; the rest of spotd never re-parses a key.
+//! `Debug` never prints secrets: the config holds only the *names* of the environment
+//! variables that carry provider and upstream keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::Usd;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub billing: Billing,
+    pub deployments: Deployments,
+    pub sandbox: Sandbox,
+    pub providers: Vec<ProviderConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub models: Vec<ModelConfig>,
+    /// Not a file key: `--sandbox` forces the built-in simulated providers.
+    #[serde(skip)]
+    pub force_sandbox: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8088".into(),
+            data_dir: PathBuf::from("./spotd-data"),
+            limits: Limits::default(),
+            billing: Billing::default(),
+            deployments: Deployments::default(),
+            sandbox: Sandbox::default(),
+            providers: Vec::new(),
+            upstreams: Vec::new(),
+            models: Vec::new(),
+            force_sandbox: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Per API key (governor); 429 + Retry-After past it.
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub max_body_bytes: usize,
+    pub max_active_rentals_per_account: u32,
+    /// A client must send its request headers within this many seconds.
+    pub header_read_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            requests_per_second: 20,
+            burst: 40,
+            max_body_bytes: 1_048_576,
+            max_active_rentals_per_account: 16,
+            header_read_timeout_seconds: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Billing {
+    /// The hold placed on rent / cold start covers this much GPU time.
+    pub min_session_seconds: u64,
+    /// How often running rentals are charged.
+    pub metering_interval_seconds: u64,
+}
+
+impl Default for Billing {
+    fn default() -> Self {
+        Billing {
+            min_session_seconds: 600,
+            metering_interval_seconds: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Deployments {
+    pub idle_timeout_seconds: u64,
+    pub provision_timeout_seconds: u64,
+}
+
+impl Default for Deployments {
+    fn default() -> Self {
+        Deployments {
+            idle_timeout_seconds: 900,
+            provision_timeout_seconds: 900,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Sandbox {
+    /// Time from rent to running.
+    pub provision_seconds: u64,
+    /// Extra time for a cold model to become ready.
+    pub model_load_seconds: u64,
+    /// Per running interruptible instance.
+    pub preemptions_per_hour: f64,
+    /// Relative spot price move per offer refresh.
+    pub price_drift: f64,
+    pub seed: u64,
+    /// How often spotd refreshes the sandbox clouds' offers.
+    pub refresh_seconds: u64,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            provision_seconds: 20,
+            model_load_seconds: 40,
+            preemptions_per_hour: 0.0,
+            price_drift: 0.02,
+            seed: 42,
+            refresh_seconds: 30,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Vastai,
+    Runpod,
+    Lambda,
+    Http,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderConfig {
+    /// The offer id prefix and the name shown everywhere: `[a-z0-9_-]+`.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Name of the environment variable holding the provider's API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Most calls per minute spotd makes to this provider (governor quota).
+    #[serde(default = "default_calls_per_minute")]
+    pub calls_per_minute: u32,
+    /// Seconds a failing provider's last offers are kept (marked stale) before dropped.
+    #[serde(default = "default_stale")]
+    pub stale_after_seconds: u64,
+}
+
+fn default_refresh() -> u64 {
+    60
+}
+fn default_calls_per_minute() -> u32 {
+    600
+}
+fn default_stale() -> u64 {
+    300
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// USD per million input tokens (exact; at most 6 decimals).
+    #[serde(default, with = "toml_usd")]
+    pub input_usd_per_mtok: Usd,
+    #[serde(default, with = "toml_usd")]
+    pub output_usd_per_mtok: Usd,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub id: String,
+    /// Total across GPUs.
+    pub min_vram_gb: u32,
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+impl Config {
+    /// Sandbox mode: no real providers configured, or `--sandbox`.
+    pub fn sandbox_mode(&self) -> bool {
+        self.force_sandbox || self.providers.is_empty()
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|_| {
+            format!(
+                "listen: '{}' is not an address like 127.0.0.1:8088",
+                self.listen
+            )
+        })
+    }
+}
+
+/// TOML has no decimal type: a price arrives as a float or a string. The float's
+/// shortest round-trip text is the literal the operator wrote, which is then parsed
+/// exactly; more than 6 decimals is an error, not a rounding.
+mod toml_usd {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::money::Usd;
+
+    pub fn serialize<S: Serializer>(v: &Usd, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            I(i64),
+            F(f64),
+            S(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::I(i) => i.to_string(),
+            Raw::F(f) => format!("{f}"),
+            Raw::S(s) => s,
+        };
+        Usd::parse(&text).map_err(serde::de::Error::custom)
+    }
+}

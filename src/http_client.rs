@@ -1,0 +1,147 @@
+//! A small HTTP/1 client over hyper for JSON calls: providers, the CLI, tests.
+//!
+//! Every call has a timeout; bodies are read whole up to a limit. Streaming proxying
+//! uses hyper directly.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Largest answer body read into memory (offer lists of big markets fit).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_slice(&self.body).map_err(|e| format!("unreadable JSON answer: {e}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HttpError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Transport(String),
+    #[error("bad request: {0}")]
+    Request(String),
+}
+
+impl HttpClient {
+    pub fn new(timeout: Duration) -> HttpClient {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(timeout));
+        conn.set_nodelay(true);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        HttpClient { inner, timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one request; `body` is JSON when given.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        bearer: Option<&str>,
+        extra_headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<HttpResponse, HttpError> {
+        let mut b = Request::builder().method(method).uri(url);
+        if let Some(t) = bearer {
+            let v = HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| HttpError::Request("the token is not a valid header value".into()))?;
+            b = b.header(AUTHORIZATION, v);
+        }
+        for (k, v) in extra_headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| HttpError::Request(e.to_string()))?;
+            let val = HeaderValue::from_str(v).map_err(|e| HttpError::Request(e.to_string()))?;
+            b = b.header(name, val);
+        }
+        let has_body = body.is_some();
+        if has_body {
+            b = b.header(CONTENT_TYPE, "application/json");
+        }
+        let req = b
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| HttpError::Request(e.to_string()))?;
+        let fut = async {
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| HttpError::Transport(describe(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| HttpError::Transport(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok(HttpResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout(self.timeout)),
+        }
+    }
+
+    pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<HttpResponse, HttpError> {
+        self.send(Method::GET, url, bearer, &[], None).await
+    }
+
+    pub async fn post_json<T: serde::Serialize>(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        body: &T,
+    ) -> Result<HttpResponse, HttpError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| HttpError::Request(e.to_string()))?;
+        self.send(Method::POST, url, bearer, &[], Some(bytes)).await
+    }
+
+    pub async fn delete(&self, url: &str, bearer: Option<&str>) -> Result<HttpResponse, HttpError> {
+        self.send(Method::DELETE, url, bearer, &[], None).await
+    }
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,18 @@
+//! spotd: a self-hosted GPU spot marketplace.
+//!
+//! Data flows one way: `api` -> domain (`market`, `rentals`, `ledger`) -> `store` /
+//! `providers`. Workers call the same domain functions the API calls.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http_client;
+pub mod ids;
+pub mod market;
+pub mod model;
+pub mod money;
+pub mod providers;
+pub mod sandbox;
+pub mod store;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("spotd: work in progress");
+}

@@ -1,0 +1,1 @@
+//! Offers: normalize GPU names and units, index, query, paginate. (In progress.)

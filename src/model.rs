@@ -1,0 +1,269 @@
+//! The records spotd keeps: accounts, keys, offers, rentals, ledger entries.
+//!
+//! These are the stored shapes (encoded by `store::codec`). The JSON the API shows is
+//! built from them in `api::views`, so a stored field can change without changing the
+//! contract and vice versa.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+use crate::money::Usd;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub created_at: Millis,
+    /// Sum of the account's credit and charge ledger entries.
+    pub balance: Usd,
+    /// Sum over the account's rentals with an open hold of `max(0, hold - cost)`.
+    pub held: Usd,
+    /// Sequence number of the last ledger entry (entries are keyed `(account, seq)`).
+    pub ledger_seq: u64,
+}
+
+impl Account {
+    /// `balance - held`, never below zero by the money rules.
+    pub fn available(&self) -> Usd {
+        self.balance - self.held
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub account_id: String,
+    /// SHA-256 hex of the secret; the secret itself is never stored.
+    pub hash: String,
+    /// The first characters of the secret, to recognise it in lists.
+    pub prefix: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// A normalized GPU offer, as shown by `/v1/gpus/offers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    /// `provider:native_id`.
+    pub id: String,
+    pub provider: String,
+    pub native_id: String,
+    /// Normalized model name, e.g. "H100 SXM".
+    pub gpu: String,
+    pub gpu_count: u32,
+    /// Per GPU.
+    pub vram_gb: u32,
+    pub vcpus: u32,
+    pub ram_gb: u32,
+    pub disk_gb: u32,
+    pub region: String,
+    /// Spot price for the whole machine, per hour.
+    pub price_per_hour: Usd,
+    pub on_demand_price_per_hour: Option<Usd>,
+    pub interruptible: bool,
+    /// 0..1.
+    pub reliability: f64,
+    pub available: u32,
+    pub updated_at: Millis,
+}
+
+impl Offer {
+    pub fn price_per_gpu_hour(&self) -> Usd {
+        crate::money::per_unit(self.price_per_hour, self.gpu_count)
+    }
+
+    pub fn total_vram_gb(&self) -> u32 {
+        self.vram_gb.saturating_mul(self.gpu_count)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RentalState {
+    Provisioning,
+    Running,
+    Terminating,
+    Terminated,
+    Failed,
+    Interrupted,
+}
+
+impl RentalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RentalState::Provisioning => "provisioning",
+            RentalState::Running => "running",
+            RentalState::Terminating => "terminating",
+            RentalState::Terminated => "terminated",
+            RentalState::Failed => "failed",
+            RentalState::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RentalState> {
+        Some(match s {
+            "provisioning" => RentalState::Provisioning,
+            "running" => RentalState::Running,
+            "terminating" => RentalState::Terminating,
+            "terminated" => RentalState::Terminated,
+            "failed" => RentalState::Failed,
+            "interrupted" => RentalState::Interrupted,
+            _ => return None,
+        })
+    }
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RentalState::Terminated | RentalState::Failed | RentalState::Interrupted
+        )
+    }
+
+    /// The legal transitions of SPEC section 3.
+    pub fn can_become(self, next: RentalState) -> bool {
+        use RentalState::*;
+        matches!(
+            (self, next),
+            (Provisioning, Running)
+                | (Provisioning, Failed)
+                | (Provisioning, Terminating)
+                | (Running, Terminating)
+                | (Running, Interrupted)
+                | (Terminating, Terminated)
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TerminationReason {
+    User,
+    Idle,
+    MaxDuration,
+    InsufficientCredit,
+    Preempted,
+    ProvisionFailed,
+    ProviderError,
+    Admin,
+}
+
+impl TerminationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationReason::User => "user",
+            TerminationReason::Idle => "idle",
+            TerminationReason::MaxDuration => "max_duration",
+            TerminationReason::InsufficientCredit => "insufficient_credit",
+            TerminationReason::Preempted => "preempted",
+            TerminationReason::ProvisionFailed => "provision_failed",
+            TerminationReason::ProviderError => "provider_error",
+            TerminationReason::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ssh {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rental {
+    pub id: String,
+    pub account_id: String,
+    pub state: RentalState,
+    /// Snapshot of the offer at rent time.
+    pub offer: Offer,
+    pub provider: String,
+    /// Locked at rent time.
+    pub price_per_hour: Usd,
+    pub model: Option<String>,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub ssh_public_key: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// The provider's instance id, once the provider answered the create call.
+    pub instance_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub ssh: Option<Ssh>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    /// When billing stopped: teardown requested, preemption observed, or failure.
+    pub ended_at: Option<Millis>,
+    pub last_activity_at: Option<Millis>,
+    pub termination_reason: Option<TerminationReason>,
+    /// Charged so far.
+    pub cost: Usd,
+    /// The hold placed at rent time; what is still held is `max(0, hold - cost)`
+    /// while `hold_open`.
+    pub hold: Usd,
+    pub hold_open: bool,
+    pub idle_timeout_seconds: Option<u64>,
+    pub max_duration_seconds: Option<u64>,
+    /// Provider calls for this rental that failed in a row (teardown retries, polls).
+    pub attempts: u32,
+    /// Earliest time the workers should call the provider again for this rental.
+    pub next_attempt_at: Millis,
+    pub last_error: Option<String>,
+    pub updated_at: Millis,
+}
+
+impl Rental {
+    /// What this rental still holds of the account's money.
+    pub fn held(&self) -> Usd {
+        if self.hold_open {
+            (self.hold - self.cost).max(Usd::ZERO)
+        } else {
+            Usd::ZERO
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerKind {
+    Credit,
+    Hold,
+    Release,
+    Charge,
+}
+
+impl LedgerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::Credit => "credit",
+            LedgerKind::Hold => "hold",
+            LedgerKind::Release => "release",
+            LedgerKind::Charge => "charge",
+        }
+    }
+}
+
+/// One movement of money. `amount` is signed as the account sees it: credits are
+/// positive, charges negative; holds are negative and releases positive, but these
+/// two move money between `available` and `held` and leave `balance` unchanged, so
+/// `balance == sum(amount of credit and charge entries)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub id: String,
+    pub account_id: String,
+    pub seq: u64,
+    pub at: Millis,
+    pub kind: LedgerKind,
+    pub amount: Usd,
+    pub rental_id: Option<String>,
+    pub request_id: Option<String>,
+    pub note: Option<String>,
+    pub balance_after: Usd,
+}
+
+/// A stored answer to a request that carried an `Idempotency-Key`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub body_hash: String,
+    pub status: u16,
+    pub response: String,
+    pub created_at: Millis,
+}

@@ -1,0 +1,1 @@
+//! The sandbox: simulated GPU clouds speaking the `http` provider protocol. (In progress.)

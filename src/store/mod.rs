@@ -1,0 +1,589 @@
+//! The only code that touches redb.
+//!
+//! One writer thread owns every write transaction. Callers hand it a closure with
+//! [`Store::write`]; the writer runs all closures that are waiting into one transaction
+//! and makes them durable with one commit (one fsync), then answers each caller. A
+//! closure that returns `Err` must not have written anything (check, then write): its
+//! error goes back to its caller and the others in the batch commit normally.
+//! Reads run on tokio's blocking pool ([`Store::read`]), never on executor threads.
+
+pub mod codec;
+pub mod tables;
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
+use tables::*;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Db(String),
+    #[error("record codec: {0}")]
+    Codec(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What the writer runs: the operation, returning what to do once the commit is known.
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Op = Box<dyn FnOnce(&Tx<'_>) -> Completion + Send>;
+
+enum Job {
+    Run(Op),
+    /// Finish what is queued, release the database file, then answer.
+    Stop(std::sync::mpsc::Sender<()>),
+}
+
+/// Up to this many queued operations share one commit.
+const MAX_BATCH: usize = 512;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, creates missing tables, checks the
+    /// schema version and starts the writer thread. Blocking: call it before serving,
+    /// or from `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?;
+            txn.open_table(ACCOUNTS)?;
+            txn.open_table(API_KEYS)?;
+            txn.open_table(API_KEY_IDS)?;
+            txn.open_table(OFFERS)?;
+            txn.open_table(RENTALS)?;
+            txn.open_table(ACCOUNT_RENTALS)?;
+            txn.open_table(ACTIVE_RENTALS)?;
+            txn.open_table(LEDGER)?;
+            txn.open_table(IDEMPOTENCY)?;
+            {
+                let mut meta = txn.open_table(META)?;
+                let existing = meta
+                    .get("schema_version")?
+                    .map(|v| codec::decode::<u32>(v.value()))
+                    .transpose()?;
+                match existing {
+                    None => {
+                        meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
+                    }
+                    Some(v) if v == SCHEMA_VERSION => {}
+                    Some(v) => {
+                        return Err(StoreError::Db(format!(
+                            "database schema version {v} is not supported by this spotd (expects {SCHEMA_VERSION})"
+                        )))
+                    }
+                }
+            }
+            txn.commit()?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let wdb = db.clone();
+        std::thread::Builder::new()
+            .name("spotd-store-writer".into())
+            .spawn(move || writer_loop(wdb, rx))
+            .map_err(|e| StoreError::Db(format!("cannot start writer thread: {e}")))?;
+        Ok(Store { db, jobs: tx })
+    }
+
+    /// Runs `f` inside the next group commit and returns its result once durable.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R, E> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<R, E>>();
+        let job: Op = Box::new(move |t: &Tx<'_>| {
+            let r = f(t);
+            Box::new(move |commit: Result<(), StoreError>| {
+                let out = match (r, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(c)) => Err(E::from(c)),
+                };
+                let _ = tx.send(out);
+            }) as Completion
+        });
+        self.jobs
+            .send(Job::Run(job))
+            .map_err(|_| E::from(StoreError::Closed))?;
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(E::from(StoreError::Db(
+                "the write was abandoned (an operation panicked)".into(),
+            ))),
+        }
+    }
+
+    /// Runs `f` on a read snapshot, on the blocking pool.
+    pub async fn read<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Rx) -> Result<R, E> + Send + 'static,
+    {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(StoreError::from)?;
+            f(&Rx { txn })
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => Err(E::from(StoreError::Db(format!("read task failed: {e}")))),
+        }
+    }
+
+    /// Stops the writer after the writes already queued and releases the file, so the
+    /// same database can be opened again in this process (a restart in tests).
+    pub fn close(self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.jobs.send(Job::Stop(tx)).is_ok() {
+            drop(self.db);
+            let _ = rx.recv();
+        }
+    }
+
+    /// A synchronous read, for code already off the executor (start-up, benches).
+    pub fn read_blocking<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&Rx) -> Result<R, E>,
+    {
+        let txn = self.db.begin_read().map_err(StoreError::from)?;
+        f(&Rx { txn })
+    }
+}
+
+fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>) {
+    let mut stop: Option<std::sync::mpsc::Sender<()>> = None;
+    while let Ok(first) = rx.recv() {
+        let mut pending = Vec::new();
+        match first {
+            Job::Run(op) => pending.push(op),
+            Job::Stop(s) => stop = Some(s),
+        }
+        while stop.is_none() && pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Job::Run(op)) => pending.push(op),
+                Ok(Job::Stop(s)) => stop = Some(s),
+                Err(_) => break,
+            }
+        }
+        run_batch(&db, pending);
+        if stop.is_some() {
+            break;
+        }
+    }
+    // Release the file before telling `close` it may be opened again.
+    drop(db);
+    drop(rx);
+    if let Some(s) = stop {
+        let _ = s.send(());
+    }
+}
+
+fn run_batch(db: &Database, pending: Vec<Op>) {
+    if pending.is_empty() {
+        return;
+    }
+    {
+        let mut queue = pending.into_iter();
+        // A panicking operation aborts its transaction; the operations after it run in
+        // a fresh one, so one bug cannot take the others' writes with it.
+        loop {
+            let txn = match db.begin_write() {
+                Ok(t) => t,
+                Err(e) => {
+                    let err = StoreError::from(e);
+                    for job in queue.by_ref() {
+                        // Without a transaction the job cannot run; dropping it answers
+                        // its caller with an error.
+                        drop(job);
+                    }
+                    tracing::error!(error = %err, "cannot begin a write transaction");
+                    break;
+                }
+            };
+            let mut done: Vec<Completion> = Vec::new();
+            let mut panicked = false;
+            let tx = Tx { txn: &txn };
+            for job in queue.by_ref() {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
+                    Ok(c) => done.push(c),
+                    Err(_) => {
+                        panicked = true;
+                        break;
+                    }
+                }
+            }
+            if panicked {
+                tracing::error!("a store operation panicked; its batch is rolled back");
+                let _ = txn.abort();
+                for c in done {
+                    c(Err(StoreError::Db(
+                        "rolled back with a failed operation".into(),
+                    )));
+                }
+                continue;
+            }
+            let res = txn.commit().map_err(StoreError::from);
+            for c in done {
+                c(res.clone());
+            }
+            break;
+        }
+    }
+}
+
+/// A write transaction handed to a [`Store::write`] closure.
+pub struct Tx<'a> {
+    txn: &'a WriteTransaction,
+}
+
+/// A read snapshot handed to a [`Store::read`] closure.
+pub struct Rx {
+    txn: ReadTransaction,
+}
+
+fn get_rec<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match t.get(key)? {
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn all_recs<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for item in t.iter()? {
+        let (_, v) = item?;
+        out.push(codec::decode(v.value())?);
+    }
+    Ok(out)
+}
+
+fn ledger_page(
+    t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    account: &str,
+    before_seq: Option<u64>,
+    limit: usize,
+) -> Result<Vec<LedgerEntry>, StoreError> {
+    let end = before_seq.unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    for item in t.range((account, 0u64)..(account, end))?.rev() {
+        let (_, v) = item?;
+        out.push(codec::decode(v.value())?);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn account_rental_ids(
+    t: &impl ReadableTable<(&'static str, i64, &'static str), ()>,
+    account: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for item in t.range((account, i64::MIN, "")..=(account, i64::MAX, "\u{10FFFF}"))? {
+        let (k, _) = item?;
+        out.push(k.value().2.to_string());
+    }
+    Ok(out)
+}
+
+/// Reads shared by read snapshots and write transactions.
+macro_rules! reads {
+    ($ty:ty) => {
+        impl $ty {
+            pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+                get_rec(&self.txn.open_table(META)?, key)
+            }
+            pub fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+                get_rec(&self.txn.open_table(ACCOUNTS)?, id)
+            }
+            pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+                all_recs(&self.txn.open_table(ACCOUNTS)?)
+            }
+            pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+                get_rec(&self.txn.open_table(API_KEYS)?, hash)
+            }
+            pub fn api_key_by_id(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+                let hash = match self.txn.open_table(API_KEY_IDS)?.get(id)? {
+                    Some(h) => h.value().to_string(),
+                    None => return Ok(None),
+                };
+                self.api_key_by_hash(&hash)
+            }
+            pub fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+                all_recs(&self.txn.open_table(API_KEYS)?)
+            }
+            pub fn offers(&self) -> Result<Vec<Offer>, StoreError> {
+                all_recs(&self.txn.open_table(OFFERS)?)
+            }
+            pub fn offer(&self, id: &str) -> Result<Option<Offer>, StoreError> {
+                get_rec(&self.txn.open_table(OFFERS)?, id)
+            }
+            pub fn rental(&self, id: &str) -> Result<Option<Rental>, StoreError> {
+                get_rec(&self.txn.open_table(RENTALS)?, id)
+            }
+            pub fn rentals(&self) -> Result<Vec<Rental>, StoreError> {
+                all_recs(&self.txn.open_table(RENTALS)?)
+            }
+            /// An account's rentals, oldest first.
+            pub fn account_rentals(&self, account: &str) -> Result<Vec<Rental>, StoreError> {
+                let ids = account_rental_ids(&self.txn.open_table(ACCOUNT_RENTALS)?, account)?;
+                let t = self.txn.open_table(RENTALS)?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(r) = get_rec(&t, &id)? {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            }
+            /// Rentals not in a terminal state.
+            pub fn active_rentals(&self) -> Result<Vec<Rental>, StoreError> {
+                let idx = self.txn.open_table(ACTIVE_RENTALS)?;
+                let t = self.txn.open_table(RENTALS)?;
+                let mut out = Vec::new();
+                for item in idx.iter()? {
+                    let (k, _) = item?;
+                    if let Some(r) = get_rec(&t, k.value())? {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            }
+            /// Ledger entries newest first, strictly before `before_seq` when given.
+            pub fn ledger(
+                &self,
+                account: &str,
+                before_seq: Option<u64>,
+                limit: usize,
+            ) -> Result<Vec<LedgerEntry>, StoreError> {
+                ledger_page(&self.txn.open_table(LEDGER)?, account, before_seq, limit)
+            }
+            pub fn idempotency(
+                &self,
+                scope: &str,
+                key: &str,
+            ) -> Result<Option<IdempotencyRecord>, StoreError> {
+                match self.txn.open_table(IDEMPOTENCY)?.get((scope, key))? {
+                    Some(v) => Ok(Some(codec::decode(v.value())?)),
+                    None => Ok(None),
+                }
+            }
+        }
+    };
+}
+reads!(Tx<'_>);
+reads!(Rx);
+
+fn put<T: Serialize>(
+    txn: &WriteTransaction,
+    def: redb::TableDefinition<&'static str, &'static [u8]>,
+    key: &str,
+    v: &T,
+) -> Result<(), StoreError> {
+    let bytes = codec::encode(v)?;
+    txn.open_table(def)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+impl Tx<'_> {
+    pub fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
+        put(self.txn, META, key, v)
+    }
+    pub fn put_account(&self, a: &Account) -> Result<(), StoreError> {
+        put(self.txn, ACCOUNTS, &a.id, a)
+    }
+    pub fn put_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        put(self.txn, API_KEYS, &k.hash, k)?;
+        self.txn
+            .open_table(API_KEY_IDS)?
+            .insert(k.id.as_str(), k.hash.as_str())?;
+        Ok(())
+    }
+    /// Replaces every offer of `provider` with `offers`.
+    pub fn replace_offers(&self, provider: &str, offers: &[Offer]) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(OFFERS)?;
+        let prefix = format!("{provider}:");
+        let stale: Vec<String> = {
+            let mut v = Vec::new();
+            for item in t.range(prefix.as_str()..)? {
+                let (k, _) = item?;
+                let k = k.value();
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                v.push(k.to_string());
+            }
+            v
+        };
+        for k in stale {
+            t.remove(k.as_str())?;
+        }
+        for o in offers {
+            let bytes = codec::encode(o)?;
+            t.insert(o.id.as_str(), bytes.as_slice())?;
+        }
+        Ok(())
+    }
+    /// Writes a rental and keeps the account and active indexes in step with it.
+    pub fn put_rental(&self, r: &Rental) -> Result<(), StoreError> {
+        put(self.txn, RENTALS, &r.id, r)?;
+        self.txn
+            .open_table(ACCOUNT_RENTALS)?
+            .insert((r.account_id.as_str(), r.created_at, r.id.as_str()), ())?;
+        let mut active = self.txn.open_table(ACTIVE_RENTALS)?;
+        if r.state.is_terminal() {
+            active.remove(r.id.as_str())?;
+        } else {
+            active.insert(r.id.as_str(), ())?;
+        }
+        Ok(())
+    }
+    pub fn put_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+        let bytes = codec::encode(e)?;
+        self.txn
+            .open_table(LEDGER)?
+            .insert((e.account_id.as_str(), e.seq), bytes.as_slice())?;
+        Ok(())
+    }
+    pub fn put_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        rec: &IdempotencyRecord,
+    ) -> Result<(), StoreError> {
+        let bytes = codec::encode(rec)?;
+        self.txn
+            .open_table(IDEMPOTENCY)?
+            .insert((scope, key), bytes.as_slice())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_all_land_and_errors_stay_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let mut handles = Vec::new();
+        for i in 0..64u64 {
+            let s = store.clone();
+            handles.push(tokio::spawn(async move {
+                s.write(move |tx| {
+                    if i % 8 == 7 {
+                        return Err(StoreError::Db("refused".into()));
+                    }
+                    tx.put_meta(&format!("k{i}"), &i)?;
+                    Ok::<_, StoreError>(i)
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for h in handles {
+            if h.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 56);
+        let n = store
+            .read(|rx| {
+                let mut n = 0;
+                for i in 0..64u64 {
+                    if let Some(v) = rx.meta::<u64>(&format!("k{i}"))? {
+                        assert_eq!(v, i);
+                        n += 1;
+                    }
+                }
+                Ok::<_, StoreError>(n)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 56);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_writes_nothing_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let bad = store
+            .write(|tx| -> Result<(), StoreError> {
+                tx.put_meta("partial", &1u32)?;
+                panic!("boom")
+            })
+            .await;
+        assert!(bad.is_err());
+        store.write(|tx| tx.put_meta("after", &2u32)).await.unwrap();
+        let (p, a): (Option<u32>, Option<u32>) = store
+            .read(|rx| Ok::<_, StoreError>((rx.meta("partial")?, rx.meta("after")?)))
+            .await
+            .unwrap();
+        assert_eq!(
+            p, None,
+            "the panicked operation's write must be rolled back"
+        );
+        assert_eq!(a, Some(2));
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.redb");
+        {
+            let store = Store::open(&p).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(store.write(|tx| tx.put_meta("x", &5u8)))
+                .unwrap();
+            store.close();
+        }
+        let store = Store::open(&p).unwrap();
+        let v: Option<u8> = store.read_blocking(|rx| rx.meta("x")).unwrap();
+        assert_eq!(v, Some(5));
+    }
+}
