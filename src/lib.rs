@@ -4,6 +4,8 @@
 //! `providers`. Workers call the same domain functions the API calls.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -11,9 +13,12 @@ pub mod daemon;
 pub mod error;
 pub mod http_client;
 pub mod ids;
+pub mod ledger;
 pub mod market;
 pub mod model;
 pub mod money;
 pub mod providers;
+pub mod rentals;
 pub mod sandbox;
 pub mod store;
+pub mod workers;

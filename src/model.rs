@@ -194,6 +194,8 @@ pub struct Rental {
     /// When billing stopped: teardown requested, preemption observed, or failure.
     pub ended_at: Option<Millis>,
     pub last_activity_at: Option<Millis>,
+    /// Last time the provider reported the instance running.
+    pub seen_running_at: Option<Millis>,
     pub termination_reason: Option<TerminationReason>,
     /// Charged so far.
     pub cost: Usd,

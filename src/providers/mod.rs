@@ -42,3 +42,4 @@ pub trait Provider: Send + Sync {
     /// `Ok(None)` when the instance is already gone (404).
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError>;
 }
+pub mod registry;

@@ -17,3 +17,19 @@ pub async fn run_standalone(
     let _ = (listen, data_dir, cfg, shutdown);
     Err("the sandbox cloud is not built yet".into())
 }
+pub struct SandboxHandle {
+    pub addr: std::net::SocketAddr,
+    pub clouds: Vec<String>,
+    pub hosted_base_url: String,
+}
+impl SandboxHandle {
+    pub async fn shutdown(self) {}
+}
+pub async fn start(
+    _l: tokio::net::TcpListener,
+    _c: config::Sandbox,
+    _d: &Path,
+    _clock: crate::clock::Clock,
+) -> Result<SandboxHandle, String> {
+    Err("stub".into())
+}

@@ -1,0 +1,124 @@
+//! The HTTP API: a hyper HTTP/1 server over a bound listener.
+//!
+//! `serve(listener, app, shutdown)` takes its listener and its shutdown signal as
+//! parameters, so tests bind 127.0.0.1:0 and stop it at will. Connections must send
+//! their headers within `limits.header_read_timeout_seconds`; on shutdown the server
+//! stops accepting and gives in-flight requests a bounded time to finish.
+
+pub mod error;
+mod handlers;
+mod router;
+pub mod views;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http_body_util::combinators::BoxBody;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::market::Market;
+use crate::providers::registry::Registry;
+use crate::rentals::Rentals;
+use crate::store::Store;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long in-flight requests get to finish after shutdown is asked.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Everything a request handler may use.
+pub struct App {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub market: Market,
+    pub registry: Arc<Registry>,
+    pub rentals: Rentals,
+    pub clock: Clock,
+    /// SHA-256 hex of the admin token.
+    pub admin_hash: String,
+    pub(crate) limiter: DefaultKeyedRateLimiter<String>,
+    /// Idempotency keys being processed right now (scope + key).
+    pub(crate) in_flight: Mutex<HashSet<String>>,
+}
+
+impl App {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        market: Market,
+        registry: Arc<Registry>,
+        rentals: Rentals,
+        clock: Clock,
+        admin_hash: String,
+    ) -> App {
+        let rps = std::num::NonZeroU32::new(cfg.limits.requests_per_second.max(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            std::num::NonZeroU32::new(cfg.limits.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let limiter = RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst));
+        App {
+            cfg,
+            store,
+            market,
+            registry,
+            rentals,
+            clock,
+            admin_hash,
+            limiter,
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then drains.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let header_timeout = Duration::from_secs(app.cfg.limits.header_read_timeout_seconds.max(1));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let svc = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(router::handle(app, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open after the drain period");
+    }
+}

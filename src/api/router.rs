@@ -1,0 +1,321 @@
+//! Routing, authentication, rate limits, body limits and idempotency: everything a
+//! request goes through before and after its handler.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::Value;
+
+use super::{error, handlers, App, Body};
+use crate::accounts;
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::model::{Account, ApiKey, IdempotencyRecord};
+
+/// Idempotency records answer for this long.
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// A parsed request, body read and size-checked.
+pub struct Ctx {
+    pub method: Method,
+    pub segs: Vec<String>,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Ctx {
+    /// The body as JSON, or 400 with serde's message.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        if self.body.is_empty() {
+            return Err(Error::bad("the request body must be a JSON object"));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::bad(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Who is calling.
+pub enum Caller {
+    User(Account, ApiKey),
+    Admin,
+}
+
+pub type Reply = (StatusCode, Value);
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let resp = match dispatch(&app, req).await {
+        Ok((status, v)) => json_response(status, &v),
+        Err(e) => error_response(&e),
+    };
+    let status = resp.status().as_u16();
+    if path == "/healthz" || path == "/readyz" {
+        tracing::debug!(%method, %path, status, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms = started.elapsed().as_millis() as u64, "request");
+    }
+    resp
+}
+
+pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn error_response(e: &Error) -> Response<Body> {
+    let p = error::to_parts(e);
+    let mut r = json_response(p.status, &p.body);
+    if let Some(s) = p.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            r.headers_mut().insert(RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+fn full(b: Vec<u8>) -> Body {
+    Full::new(Bytes::from(b))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn split_path(path: &str) -> Result<Vec<String>> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_decode(s)
+                .ok_or_else(|| Error::bad("the path is not valid percent-encoded UTF-8"))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes (not `+`: this is a path).
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn read_body(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<(hyper::http::request::Parts, Bytes)> {
+    let max = app.cfg.limits.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(Error::PayloadTooLarge(max));
+        }
+    }
+    let bytes = Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Error::PayloadTooLarge(max)
+            } else {
+                Error::bad(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    Ok((parts, bytes))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(token.trim())
+    } else {
+        None
+    }
+}
+
+async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Caller> {
+    let token = bearer(headers).ok_or_else(|| {
+        Error::Unauthorized("missing API key: send 'Authorization: Bearer <key>'".to_string())
+    })?;
+    let caller = if admin {
+        if !ids::same_hash(&ids::hash_secret(token), &app.admin_hash) {
+            return Err(Error::Unauthorized("invalid admin token".into()));
+        }
+        Caller::Admin
+    } else {
+        let (a, k) = accounts::authenticate(&app.store, token).await?;
+        Caller::User(a, k)
+    };
+    let key = match &caller {
+        Caller::User(_, k) => k.id.clone(),
+        Caller::Admin => "admin".to_string(),
+    };
+    if let Err(not_until) = app.limiter.check_key(&key) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Err(Error::RateLimited {
+            retry_after_secs: secs.max(1),
+        });
+    }
+    Ok(caller)
+}
+
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply> {
+    let segs = split_path(req.uri().path())?;
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+
+    // Unauthenticated.
+    match (&method, s.as_slice()) {
+        (&Method::GET, ["healthz"]) => return Ok(handlers::healthz()),
+        (&Method::GET, ["readyz"]) => return handlers::readyz(app).await,
+        _ => {}
+    }
+    let admin = matches!(s.first(), Some(&"admin")) || s == ["metrics"];
+    if !admin && s.first() != Some(&"v1") {
+        return Err(Error::NotFound(format!(
+            "no route for {method} {}",
+            req.uri().path()
+        )));
+    }
+    let caller = authenticate(app, req.headers(), admin).await?;
+    let (parts, body) = read_body(app, req).await?;
+    let ctx = Ctx {
+        method: parts.method,
+        segs: segs.clone(),
+        query,
+        headers: parts.headers,
+        body,
+    };
+    match caller {
+        Caller::Admin => handlers::admin(app, &ctx).await,
+        Caller::User(account, key) => handlers::user(app, &ctx, &account, &key).await,
+    }
+}
+
+/// Runs `f` at most once per `Idempotency-Key` (SPEC section 3): the same key and body
+/// within 24 h answers the stored response; the same key with another body is 422.
+/// Without the header, `f` just runs.
+pub async fn idempotent<F, Fut>(app: &App, scope: &str, ctx: &Ctx, f: F) -> Result<Reply>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Reply>>,
+{
+    let Some(key) = ctx.headers.get("idempotency-key") else {
+        return f().await;
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| Error::bad("Idempotency-Key must be 1 to 255 visible ASCII characters"))?
+        .to_string();
+    let mut h = Vec::with_capacity(ctx.body.len() + 64);
+    h.extend_from_slice(ctx.method.as_str().as_bytes());
+    h.push(b' ');
+    h.extend_from_slice(ctx.segs.join("/").as_bytes());
+    h.push(b'\n');
+    h.extend_from_slice(&ctx.body);
+    let body_hash = ids::hash_bytes(&h);
+    let now = app.clock.now();
+    let (sc, k) = (scope.to_string(), key.clone());
+    let existing = app.store.read(move |rx| rx.idempotency(&sc, &k)).await?;
+    if let Some(rec) = existing.filter(|r| now - r.created_at < IDEMPOTENCY_TTL_MS) {
+        return replay(rec, &body_hash);
+    }
+    let lock = format!("{scope}\u{0}{key}");
+    {
+        let mut held = app.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !held.insert(lock.clone()) {
+            return Err(Error::conflict(
+                "idempotency_in_progress",
+                "a request with this Idempotency-Key is still being processed",
+            ));
+        }
+    }
+    // Another request with this key may have finished between the read and the lock.
+    let (sc, k) = (scope.to_string(), key.clone());
+    let again: Result<Option<IdempotencyRecord>> =
+        app.store.read(move |rx| Ok(rx.idempotency(&sc, &k)?)).await;
+    let result = match again {
+        Ok(Some(rec)) if now - rec.created_at < IDEMPOTENCY_TTL_MS => replay(rec, &body_hash),
+        Ok(_) => {
+            let r = f().await;
+            let stored = match &r {
+                Ok((status, v)) => Some((status.as_u16(), v.clone())),
+                Err(e) => {
+                    let p = error::to_parts(e);
+                    // Rate limits and server errors are not answers worth replaying.
+                    (p.status.is_client_error() && p.status != StatusCode::TOO_MANY_REQUESTS)
+                        .then(|| (p.status.as_u16(), p.body))
+                }
+            };
+            if let Some((status, v)) = stored {
+                let rec = IdempotencyRecord {
+                    body_hash: body_hash.clone(),
+                    status,
+                    response: v.to_string(),
+                    created_at: app.clock.now(),
+                };
+                let (sc, k) = (scope.to_string(), key.clone());
+                if let Err(e) = app
+                    .store
+                    .write(move |tx| tx.put_idempotency(&sc, &k, &rec))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not store an idempotency record");
+                }
+            }
+            r
+        }
+        Err(e) => Err(e),
+    };
+    app.in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&lock);
+    result
+}
+
+fn replay(rec: IdempotencyRecord, body_hash: &str) -> Result<Reply> {
+    if rec.body_hash != body_hash {
+        return Err(Error::IdempotencyMismatch(
+            "this Idempotency-Key was already used with a different request body".into(),
+        ));
+    }
+    let v: Value = serde_json::from_str(&rec.response)
+        .map_err(|e| Error::Internal(format!("stored idempotent response unreadable: {e}")))?;
+    let status = StatusCode::from_u16(rec.status)
+        .map_err(|e| Error::Internal(format!("stored idempotent status: {e}")))?;
+    Ok((status, v))
+}

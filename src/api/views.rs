@@ -1,0 +1,110 @@
+//! The JSON the API shows, built from stored records. Money is an exact JSON number
+//! (`Usd::to_json`), times are RFC 3339 UTC.
+
+use serde_json::{json, Value};
+
+use crate::clock::rfc3339;
+use crate::model::{Account, ApiKey, LedgerEntry, Offer, Rental};
+
+fn opt_time(t: Option<i64>) -> Value {
+    t.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null)
+}
+
+pub fn offer(o: &Offer) -> Value {
+    json!({
+        "id": o.id,
+        "object": "gpu_offer",
+        "provider": o.provider,
+        "gpu": o.gpu,
+        "gpu_count": o.gpu_count,
+        "vram_gb": o.vram_gb,
+        "vcpus": o.vcpus,
+        "ram_gb": o.ram_gb,
+        "disk_gb": o.disk_gb,
+        "region": o.region,
+        "price_per_hour": o.price_per_hour.to_json(),
+        "price_per_gpu_hour": o.price_per_gpu_hour().to_json(),
+        "on_demand_price_per_hour": o.on_demand_price_per_hour.map(|p| p.to_json()),
+        "interruptible": o.interruptible,
+        "reliability": o.reliability,
+        "available": o.available,
+        "updated_at": rfc3339(o.updated_at),
+    })
+}
+
+pub fn rental(r: &Rental) -> Value {
+    json!({
+        "id": r.id,
+        "object": "gpu_rental",
+        "state": r.state.as_str(),
+        "offer": offer(&r.offer),
+        "provider": r.provider,
+        "price_per_hour": r.price_per_hour.to_json(),
+        "model": r.model,
+        "name": r.name,
+        "image": r.image,
+        "endpoint": r.endpoint,
+        "ssh": r.ssh.as_ref().map(|s| json!({"host": s.host, "port": s.port, "user": s.user})),
+        "created_at": rfc3339(r.created_at),
+        "started_at": opt_time(r.started_at),
+        "ended_at": opt_time(r.ended_at),
+        "last_activity_at": opt_time(r.last_activity_at),
+        "termination_reason": r.termination_reason.map(|t| t.as_str()),
+        "idle_timeout_seconds": r.idle_timeout_seconds,
+        "max_duration_seconds": r.max_duration_seconds,
+        "cost": r.cost.to_json(),
+        "hold": r.held().to_json(),
+        "last_error": r.last_error,
+    })
+}
+
+pub fn ledger_entry(e: &LedgerEntry) -> Value {
+    json!({
+        "id": e.id,
+        "object": "ledger_entry",
+        "at": rfc3339(e.at),
+        "kind": e.kind.as_str(),
+        "amount": e.amount.to_json(),
+        "rental_id": e.rental_id,
+        "request_id": e.request_id,
+        "note": e.note,
+        "balance_after": e.balance_after.to_json(),
+    })
+}
+
+pub fn credits(a: &Account) -> Value {
+    json!({
+        "object": "credits",
+        "balance": a.balance.to_json(),
+        "held": a.held.to_json(),
+        "available": a.available().to_json(),
+    })
+}
+
+pub fn account(a: &Account) -> Value {
+    json!({
+        "id": a.id,
+        "object": "account",
+        "name": a.name,
+        "created_at": rfc3339(a.created_at),
+        "balance": a.balance.to_json(),
+        "held": a.held.to_json(),
+        "available": a.available().to_json(),
+    })
+}
+
+pub fn api_key(k: &ApiKey, secret: Option<&str>) -> Value {
+    json!({
+        "id": k.id,
+        "object": "api_key",
+        "account_id": k.account_id,
+        "prefix": k.prefix,
+        "created_at": rfc3339(k.created_at),
+        "revoked_at": opt_time(k.revoked_at),
+        "key": secret,
+    })
+}
+
+pub fn list(data: Vec<Value>, next_cursor: Option<String>) -> Value {
+    json!({"object": "list", "data": data, "next_cursor": next_cursor})
+}

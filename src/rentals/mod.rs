@@ -1,0 +1,486 @@
+//! Rentals: rent, teardown, activity, and the provider round trips around them.
+//!
+//! Intent is written before side effects: a rental (state `provisioning`, hold placed)
+//! is committed before the provider is asked for an instance, and the instance is
+//! labelled with the rental id, so a crash at any point leaves something the
+//! reconciler can finish. The workers in `workers::rentals` drive the rest of the
+//! state machine (`lifecycle`).
+
+pub mod lifecycle;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::clock::{Clock, Millis};
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::ledger;
+use crate::market::{Market, OfferFilter};
+use crate::model::{Account, Offer, Rental, RentalState, TerminationReason};
+use crate::money::Usd;
+use crate::providers::registry::Registry;
+use crate::providers::{CreateInstance, Instance, InstanceState, Provider, ProviderError};
+use crate::store::{Store, Tx};
+
+/// How many offers a rent by criteria tries when providers answer "no capacity".
+pub const MAX_CANDIDATES: usize = 5;
+
+#[derive(Clone, Debug)]
+pub struct RentalsConfig {
+    pub min_session_seconds: u64,
+    pub metering_interval_seconds: u64,
+    pub provision_timeout_seconds: u64,
+    pub max_active_rentals_per_account: u32,
+    /// A provisioning rental with no instance id is only judged lost after this long
+    /// (a create call may still be in flight).
+    pub create_grace_ms: i64,
+}
+
+/// What to rent: a chosen offer, or the cheapest offer matching criteria.
+#[derive(Clone, Debug)]
+pub enum RentTarget {
+    Offer(String),
+    Cheapest(OfferFilter),
+}
+
+#[derive(Clone, Debug)]
+pub struct RentRequest {
+    pub target: RentTarget,
+    pub max_price_per_hour: Option<Usd>,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub ssh_public_key: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub idle_timeout_seconds: Option<u64>,
+    pub max_duration_seconds: Option<u64>,
+    /// Set for model deployments (cold starts).
+    pub model: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Rentals {
+    pub(crate) store: Store,
+    pub(crate) market: Market,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) clock: Clock,
+    pub(crate) cfg: RentalsConfig,
+}
+
+impl Rentals {
+    pub fn new(
+        store: Store,
+        market: Market,
+        registry: Arc<Registry>,
+        clock: Clock,
+        cfg: RentalsConfig,
+    ) -> Rentals {
+        Rentals {
+            store,
+            market,
+            registry,
+            clock,
+            cfg,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn provider(&self, name: &str) -> Result<Arc<dyn Provider>> {
+        self.registry
+            .get(name)
+            .ok_or_else(|| Error::Unavailable(format!("provider '{name}' is not configured")))
+    }
+
+    /// Runs `f` on the rental and its account in one transaction and writes both back.
+    /// `account_id` restricts it to that account's rentals (404 otherwise).
+    pub async fn update<R, F>(
+        &self,
+        id: &str,
+        account_id: Option<&str>,
+        f: F,
+    ) -> Result<(Rental, R)>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tx<'_>, &mut Account, &mut Rental, Millis) -> Result<R> + Send + 'static,
+    {
+        let id = id.to_string();
+        let owner = account_id.map(str::to_string);
+        let clock = self.clock.clone();
+        self.store
+            .write(move |tx| {
+                let mut r = tx
+                    .rental(&id)?
+                    .filter(|r| owner.as_deref().is_none_or(|o| o == r.account_id))
+                    .ok_or_else(|| Error::NotFound(format!("no rental with id '{id}'")))?;
+                let mut a = tx.account(&r.account_id)?.ok_or_else(|| {
+                    Error::Internal(format!("rental {id} names a missing account"))
+                })?;
+                let now = clock.now();
+                let out = f(tx, &mut a, &mut r, now)?;
+                r.updated_at = now;
+                tx.put_rental(&r)?;
+                tx.put_account(&a)?;
+                Ok((r, out))
+            })
+            .await
+    }
+
+    pub async fn get(&self, account_id: Option<&str>, id: &str) -> Result<Rental> {
+        let id = id.to_string();
+        let owner = account_id.map(str::to_string);
+        self.store
+            .read(move |rx| {
+                rx.rental(&id)?
+                    .filter(|r| owner.as_deref().is_none_or(|o| o == r.account_id))
+                    .ok_or_else(|| Error::NotFound(format!("no rental with id '{id}'")))
+            })
+            .await
+    }
+
+    /// An account's rentals (all accounts' for `None`), newest first.
+    pub async fn list(
+        &self,
+        account_id: Option<&str>,
+        state: Option<RentalState>,
+    ) -> Result<Vec<Rental>> {
+        let owner = account_id.map(str::to_string);
+        let mut v = self
+            .store
+            .read(move |rx| match owner {
+                Some(o) => rx.account_rentals(&o),
+                None => rx.rentals(),
+            })
+            .await?;
+        v.retain(|r| state.is_none_or(|s| r.state == s));
+        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(v)
+    }
+
+    /// The offers a request may use, best first.
+    fn candidates(&self, req: &RentRequest) -> Result<Vec<Offer>> {
+        match &req.target {
+            RentTarget::Offer(id) => {
+                let o = self.market.get(id).ok_or_else(|| {
+                    let provider = id.split_once(':').map(|(p, _)| p).unwrap_or("");
+                    if self.registry.get(provider).is_some() {
+                        Error::conflict(
+                            "offer_unavailable",
+                            format!("offer '{id}' is no longer offered"),
+                        )
+                    } else {
+                        Error::NotFound(format!("no offer with id '{id}'"))
+                    }
+                })?;
+                if o.available == 0 {
+                    return Err(Error::conflict(
+                        "no_capacity",
+                        format!("offer '{id}' has no machine left"),
+                    ));
+                }
+                if let Some(max) = req.max_price_per_hour {
+                    if o.price_per_hour > max {
+                        return Err(Error::conflict(
+                            "price_moved",
+                            format!(
+                                "offer '{id}' now costs {} USD/h, above max_price_per_hour {}",
+                                o.price_per_hour, max
+                            ),
+                        ));
+                    }
+                }
+                Ok(vec![o])
+            }
+            RentTarget::Cheapest(f) => {
+                let mut f = f.clone();
+                if req.max_price_per_hour.is_some() {
+                    f.max_price = req.max_price_per_hour;
+                }
+                let v = self.market.cheapest(&f, MAX_CANDIDATES);
+                if v.is_empty() {
+                    return Err(Error::conflict(
+                        "no_capacity",
+                        "no available offer matches the request".to_string(),
+                    ));
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    /// Rents a GPU: writes the rental and its hold, then asks the provider; on "no
+    /// capacity" moves the same rental (and its hold) to the next candidate.
+    pub async fn rent(&self, account_id: &str, req: RentRequest) -> Result<Rental> {
+        let candidates = self.candidates(&req)?;
+        let rental = self.create_intent(account_id, &req, &candidates[0]).await?;
+        let mut last_err = ProviderError::NoCapacity;
+        for (i, offer) in candidates.iter().enumerate() {
+            let mut rental = rental.clone();
+            if i > 0 {
+                rental = self.move_to_offer(&rental.id, offer.clone()).await?;
+            }
+            let provider = self.provider(&offer.provider)?;
+            let create = CreateInstance {
+                offer_id: offer.native_id.clone(),
+                label: rental.id.clone(),
+                image: req.image.clone(),
+                model: req.model.clone(),
+                ssh_public_key: req.ssh_public_key.clone(),
+                env: req.env.clone(),
+            };
+            match provider.create_instance(&create).await {
+                Ok(inst) => {
+                    self.registry.refresh_now(&offer.provider);
+                    return self.adopt(&rental.id, inst).await;
+                }
+                Err(ProviderError::NoCapacity) => {
+                    self.registry.refresh_now(&offer.provider);
+                    last_err = ProviderError::NoCapacity;
+                    continue;
+                }
+                Err(ProviderError::Unavailable(msg)) => {
+                    // The outcome is unknown: the instance may exist. Look for our label
+                    // once; if it is not there, fail the rental (a late instance is an
+                    // orphan the reconciler terminates).
+                    if let Ok(list) = provider.list_instances().await {
+                        if let Some(inst) = list.into_iter().find(|i| i.label == rental.id) {
+                            return self.adopt(&rental.id, inst).await;
+                        }
+                    }
+                    last_err = ProviderError::Unavailable(msg);
+                    break;
+                }
+                Err(e) => {
+                    last_err = e;
+                    break;
+                }
+            }
+        }
+        let (status, reason) = match &last_err {
+            ProviderError::NoCapacity => (
+                Error::conflict(
+                    "no_capacity",
+                    "every matching offer ran out of capacity; try again or widen the request",
+                ),
+                TerminationReason::ProvisionFailed,
+            ),
+            e => (
+                Error::Unavailable(format!("the provider could not create the instance: {e}")),
+                TerminationReason::ProviderError,
+            ),
+        };
+        let msg = last_err.to_string();
+        self.update(&rental.id, None, move |tx, a, r, now| {
+            lifecycle::fail(tx, a, r, reason, Some(msg), now)
+        })
+        .await?;
+        Err(status)
+    }
+
+    async fn create_intent(
+        &self,
+        account_id: &str,
+        req: &RentRequest,
+        offer: &Offer,
+    ) -> Result<Rental> {
+        let account_id = account_id.to_string();
+        let req = req.clone();
+        let offer = offer.clone();
+        let cfg = self.cfg.clone();
+        let clock = self.clock.clone();
+        self.store
+            .write(move |tx| {
+                let mut a = tx
+                    .account(&account_id)?
+                    .ok_or_else(|| Error::Unauthorized("the account no longer exists".into()))?;
+                let active = tx
+                    .active_rentals()?
+                    .iter()
+                    .filter(|r| r.account_id == account_id)
+                    .count();
+                if active as u64 >= u64::from(cfg.max_active_rentals_per_account) {
+                    return Err(Error::conflict(
+                        "too_many_rentals",
+                        format!(
+                            "the account already has {active} active rentals (limit {})",
+                            cfg.max_active_rentals_per_account
+                        ),
+                    ));
+                }
+                let now = clock.now();
+                let mut r = Rental {
+                    id: ids::new_id("rnt"),
+                    account_id: account_id.clone(),
+                    state: RentalState::Provisioning,
+                    provider: offer.provider.clone(),
+                    price_per_hour: offer.price_per_hour,
+                    hold: ledger::hold_for(offer.price_per_hour, cfg.min_session_seconds),
+                    offer,
+                    model: req.model.clone(),
+                    name: req.name.clone(),
+                    image: req.image.clone(),
+                    ssh_public_key: req.ssh_public_key.clone(),
+                    env: req.env.clone(),
+                    instance_id: None,
+                    endpoint: None,
+                    ssh: None,
+                    created_at: now,
+                    started_at: None,
+                    ended_at: None,
+                    last_activity_at: None,
+                    seen_running_at: None,
+                    termination_reason: None,
+                    cost: Usd::ZERO,
+                    hold_open: false,
+                    idle_timeout_seconds: req.idle_timeout_seconds,
+                    max_duration_seconds: req.max_duration_seconds,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_error: None,
+                    updated_at: now,
+                };
+                ledger::place_hold(tx, &mut a, &mut r, now)?;
+                tx.put_rental(&r)?;
+                tx.put_account(&a)?;
+                Ok(r)
+            })
+            .await
+    }
+
+    /// Re-points a provisioning rental at another offer: the old hold is released and
+    /// the new one placed, in one transaction.
+    async fn move_to_offer(&self, id: &str, offer: Offer) -> Result<Rental> {
+        let min = self.cfg.min_session_seconds;
+        let (r, ()) = self
+            .update(id, None, move |tx, a, r, now| {
+                if r.state != RentalState::Provisioning || r.instance_id.is_some() {
+                    return Err(Error::conflict(
+                        "invalid_state",
+                        format!("rental {} is {}", r.id, r.state.as_str()),
+                    ));
+                }
+                ledger::release_hold(tx, a, r, now)?;
+                r.provider = offer.provider.clone();
+                r.price_per_hour = offer.price_per_hour;
+                r.hold = ledger::hold_for(offer.price_per_hour, min);
+                r.offer = offer;
+                ledger::place_hold(tx, a, r, now)
+            })
+            .await?;
+        Ok(r)
+    }
+
+    /// Records the provider's instance for a rental.
+    async fn adopt(&self, id: &str, inst: Instance) -> Result<Rental> {
+        let (r, ()) = self
+            .update(id, None, move |_tx, _a, r, now| {
+                r.instance_id = Some(inst.id.clone());
+                if r.state == RentalState::Provisioning && inst.state == InstanceState::Running {
+                    lifecycle::mark_running(r, &inst, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(r)
+    }
+
+    /// Starts a teardown: billing stops now, the hold is released, and the provider is
+    /// asked to terminate. The rental is `terminated` only once the provider confirms.
+    pub async fn teardown(
+        &self,
+        account_id: Option<&str>,
+        id: &str,
+        reason: TerminationReason,
+    ) -> Result<Rental> {
+        let (r, ()) = self
+            .update(id, account_id, move |tx, a, r, now| {
+                lifecycle::begin_teardown(tx, a, r, reason, now)
+            })
+            .await?;
+        // One immediate attempt; the rental worker retries with backoff after this.
+        Ok(self.try_terminate(r).await)
+    }
+
+    /// Asks the provider to terminate a `terminating` rental's instance once, and
+    /// confirms termination when the provider says the instance is gone.
+    pub async fn try_terminate(&self, r: Rental) -> Rental {
+        if r.state != RentalState::Terminating {
+            return r;
+        }
+        let Some(instance_id) = r.instance_id.clone() else {
+            return r;
+        };
+        let provider = match self.provider(&r.provider) {
+            Ok(p) => p,
+            Err(_) => return r,
+        };
+        let outcome = provider.terminate(&instance_id).await;
+        let confirmed = match &outcome {
+            Ok(None) => true,
+            Ok(Some(i)) => i.state.is_gone(),
+            Err(_) => false,
+        };
+        let err = outcome.err().map(|e| e.to_string());
+        let res = self
+            .update(&r.id, None, move |_tx, _a, r, now| {
+                if r.state != RentalState::Terminating {
+                    return Ok(());
+                }
+                if confirmed {
+                    lifecycle::confirm_terminated(r, now)
+                } else {
+                    r.attempts += 1;
+                    r.next_attempt_at = now + backoff_ms(r.attempts);
+                    if err.is_some() {
+                        r.last_error = err;
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        match res {
+            Ok((r, ())) => r,
+            Err(e) => {
+                tracing::warn!(rental = %r.id, error = %e, "could not record a teardown attempt");
+                r
+            }
+        }
+    }
+
+    /// `POST .../activity`: resets the idle clock of a running rental.
+    pub async fn touch(&self, account_id: &str, id: &str) -> Result<Rental> {
+        let (r, ()) = self
+            .update(id, Some(account_id), |_tx, _a, r, now| {
+                if r.state.is_terminal() || r.state == RentalState::Terminating {
+                    return Err(Error::conflict(
+                        "invalid_state",
+                        format!("rental {} is {}", r.id, r.state.as_str()),
+                    ));
+                }
+                r.last_activity_at = Some(now);
+                Ok(())
+            })
+            .await?;
+        Ok(r)
+    }
+}
+
+/// Retry delay after `attempts` failed provider calls: 1 s doubling to 60 s.
+pub fn backoff_ms(attempts: u32) -> i64 {
+    let exp = attempts.saturating_sub(1).min(6);
+    (1000i64 << exp).min(60_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute() {
+        assert_eq!(backoff_ms(1), 1000);
+        assert_eq!(backoff_ms(2), 2000);
+        assert_eq!(backoff_ms(7), 60_000);
+        assert_eq!(backoff_ms(40), 60_000);
+    }
+}

@@ -1,0 +1,2 @@
+pub mod offer_sync;
+pub mod rentals;

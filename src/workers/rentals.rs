@@ -1,0 +1,367 @@
+//! The rental workers: provider sync (provisioning -> running, preemptions, teardown
+//! confirmation, timeouts, idle and max-duration limits), metering, and the orphan
+//! sweep that reconciles every provider's instances with spotd's rentals.
+//!
+//! Each round is one bounded batch (`sync_once`, `meter_once`, `reconcile_once`) that
+//! tests call directly with a manual clock; `run` loops them until shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{parse_rfc3339, Millis};
+use crate::error::Result;
+use crate::ledger::{self, Metered};
+use crate::model::{Rental, RentalState, TerminationReason};
+use crate::providers::{Instance, InstanceState};
+use crate::rentals::{lifecycle, Rentals};
+
+/// A label spotd gave an instance.
+fn is_spotd_label(label: &str) -> bool {
+    label.starts_with("rnt_")
+}
+
+/// What the sync round decided for one rental.
+enum Step {
+    Nothing,
+    Adopt(Instance),
+    Running(Instance),
+    Seen,
+    Fail(TerminationReason, String),
+    Interrupt(TerminationReason, Millis),
+    Teardown(TerminationReason),
+    Terminate,
+    Confirmed,
+}
+
+/// One sync round over every active rental. Answers how many rentals changed.
+pub async fn sync_once(rs: &Rentals) -> usize {
+    let active: Vec<Rental> = match rs.store.read(|rx| rx.active_rentals()).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "rental sync: cannot read active rentals");
+            return 0;
+        }
+    };
+    let mut by_provider: BTreeMap<String, Vec<Rental>> = BTreeMap::new();
+    for r in active {
+        by_provider.entry(r.provider.clone()).or_default().push(r);
+    }
+    let mut changed = 0;
+    for (name, rentals) in by_provider {
+        let Some(provider) = rs.registry.get(&name) else {
+            continue;
+        };
+        let list = match provider.list_instances().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(provider = %name, error = %e, "rental sync: cannot list instances");
+                continue;
+            }
+        };
+        let by_id: HashMap<&str, &Instance> = list.iter().map(|i| (i.id.as_str(), i)).collect();
+        let by_label: HashMap<&str, &Instance> =
+            list.iter().map(|i| (i.label.as_str(), i)).collect();
+        for r in rentals {
+            let inst = r
+                .instance_id
+                .as_deref()
+                .and_then(|id| by_id.get(id))
+                .or_else(|| by_label.get(r.id.as_str()))
+                .copied();
+            let step = decide(rs, &r, inst, rs.clock.now());
+            if apply(rs, r, step).await {
+                changed += 1;
+            }
+        }
+    }
+    changed
+}
+
+fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Step {
+    match r.state {
+        RentalState::Provisioning => {
+            let timeout_at = r.created_at + rs.cfg.provision_timeout_seconds as i64 * 1000;
+            match inst {
+                Some(i) if r.instance_id.is_none() => Step::Adopt(i.clone()),
+                Some(i) => match i.state {
+                    InstanceState::Running => Step::Running(i.clone()),
+                    s if s.is_gone() => Step::Fail(
+                        TerminationReason::ProvisionFailed,
+                        format!("the instance ended while provisioning ({s:?})"),
+                    ),
+                    _ if now >= timeout_at => Step::Fail(
+                        TerminationReason::ProvisionFailed,
+                        format!(
+                            "not running after {} s (provision_timeout_seconds)",
+                            rs.cfg.provision_timeout_seconds
+                        ),
+                    ),
+                    _ => Step::Nothing,
+                },
+                None if r.instance_id.is_some() => Step::Fail(
+                    TerminationReason::ProviderError,
+                    "the provider no longer knows the instance".into(),
+                ),
+                None if now >= r.created_at + rs.cfg.create_grace_ms => Step::Fail(
+                    TerminationReason::ProviderError,
+                    "the provider never created the instance".into(),
+                ),
+                None => Step::Nothing,
+            }
+        }
+        RentalState::Running => match inst {
+            Some(i) if i.state == InstanceState::Running => {
+                let started = r.started_at.unwrap_or(r.created_at);
+                if let Some(max) = r.max_duration_seconds {
+                    if now >= started + max as i64 * 1000 {
+                        return Step::Teardown(TerminationReason::MaxDuration);
+                    }
+                }
+                if let Some(idle) = r.idle_timeout_seconds {
+                    let last = r.last_activity_at.unwrap_or(started);
+                    if now >= last + idle as i64 * 1000 {
+                        return Step::Teardown(TerminationReason::Idle);
+                    }
+                }
+                Step::Seen
+            }
+            Some(i) if i.state.is_gone() || i.state == InstanceState::Terminating => {
+                let reason = if i.state == InstanceState::Interrupted {
+                    TerminationReason::Preempted
+                } else {
+                    TerminationReason::ProviderError
+                };
+                let at = i
+                    .ended_at
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .unwrap_or_else(|| r.seen_running_at.unwrap_or(now));
+                Step::Interrupt(reason, at.min(now))
+            }
+            Some(_) => Step::Nothing,
+            None => Step::Interrupt(
+                TerminationReason::ProviderError,
+                r.seen_running_at.unwrap_or(now),
+            ),
+        },
+        RentalState::Terminating => match inst {
+            None if r.instance_id.is_some() => Step::Confirmed,
+            None if now >= r.created_at + rs.cfg.create_grace_ms => Step::Confirmed,
+            None => Step::Nothing,
+            Some(i) if i.state.is_gone() => Step::Confirmed,
+            Some(i) if r.instance_id.is_none() => Step::Adopt(i.clone()),
+            Some(_) if now >= r.next_attempt_at => Step::Terminate,
+            Some(_) => Step::Nothing,
+        },
+        _ => Step::Nothing,
+    }
+}
+
+async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
+    let id = r.id.clone();
+    let res = match step {
+        Step::Nothing => return false,
+        Step::Seen => rs
+            .update(&id, None, |_tx, _a, r, now| {
+                if r.state == RentalState::Running {
+                    r.seen_running_at = Some(now);
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ()),
+        Step::Adopt(i) => rs
+            .update(&id, None, move |_tx, _a, r, _now| {
+                r.instance_id = Some(i.id.clone());
+                Ok(())
+            })
+            .await
+            .map(|_| ()),
+        Step::Running(i) => rs
+            .update(&id, None, move |_tx, _a, r, now| {
+                if r.state == RentalState::Provisioning {
+                    lifecycle::mark_running(r, &i, now)?;
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ()),
+        Step::Fail(reason, msg) => {
+            let res = rs
+                .update(&id, None, move |tx, a, r, now| {
+                    if r.state != RentalState::Provisioning {
+                        return Ok(());
+                    }
+                    lifecycle::fail(tx, a, r, reason, Some(msg), now)
+                })
+                .await;
+            // A failed rental's instance, if any, is swept: ask for it now.
+            if let (Ok((r, ())), Some(p)) = (&res, rs.registry.get(&r.provider)) {
+                if let Some(iid) = &r.instance_id {
+                    let _ = p.terminate(iid).await;
+                }
+            }
+            res.map(|_| ())
+        }
+        Step::Interrupt(reason, at) => rs
+            .update(&id, None, move |tx, a, r, now| {
+                if r.state != RentalState::Running {
+                    return Ok(());
+                }
+                lifecycle::interrupt(tx, a, r, reason, at, now)
+            })
+            .await
+            .map(|_| ()),
+        Step::Teardown(reason) => rs.teardown(None, &id, reason).await.map(|_| ()),
+        Step::Terminate => {
+            rs.try_terminate(r).await;
+            Ok(())
+        }
+        Step::Confirmed => rs
+            .update(&id, None, |_tx, _a, r, now| {
+                if r.state == RentalState::Terminating {
+                    lifecycle::confirm_terminated(r, now)?;
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ()),
+    };
+    if let Err(e) = res {
+        tracing::warn!(rental = %id, error = %e, "rental sync step failed");
+        return false;
+    }
+    true
+}
+
+/// One metering round: every running rental is charged up to now; one whose next
+/// step cannot be covered is torn down with `insufficient_credit`.
+pub async fn meter_once(rs: &Rentals) -> Result<usize> {
+    let running: Vec<Rental> = rs
+        .store
+        .read(|rx| rx.active_rentals())
+        .await?
+        .into_iter()
+        .filter(|r| r.state == RentalState::Running)
+        .collect();
+    let step = rs.cfg.metering_interval_seconds;
+    let mut out_of_credit = Vec::new();
+    for r in &running {
+        let res = rs
+            .update(&r.id, None, move |tx, a, r, now| {
+                if r.state != RentalState::Running {
+                    return Ok(Metered::Ok);
+                }
+                let m = ledger::meter(tx, a, r, now, Some(step), now)?;
+                if m == Metered::OutOfCredit {
+                    lifecycle::begin_teardown(
+                        tx,
+                        a,
+                        r,
+                        TerminationReason::InsufficientCredit,
+                        now,
+                    )?;
+                }
+                Ok(m)
+            })
+            .await;
+        match res {
+            Ok((r, Metered::OutOfCredit)) => out_of_credit.push(r),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(rental = %r.id, error = %e, "metering failed"),
+        }
+    }
+    let n = running.len();
+    for r in out_of_credit {
+        tracing::info!(rental = %r.id, "terminating: insufficient credit");
+        rs.try_terminate(r).await;
+    }
+    Ok(n)
+}
+
+/// The orphan sweep: every instance with a spotd label either belongs to a live rental
+/// or is terminated. Also adopts instances of provisioning rentals whose create call
+/// answered with an error although the instance was made.
+pub async fn reconcile_once(rs: &Rentals) -> usize {
+    let mut terminated = 0;
+    for name in rs.registry.names() {
+        let Some(provider) = rs.registry.get(&name) else {
+            continue;
+        };
+        let list = match provider.list_instances().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(provider = %name, error = %e, "reconcile: cannot list instances");
+                continue;
+            }
+        };
+        for inst in list {
+            if !is_spotd_label(&inst.label)
+                || inst.state.is_gone()
+                || inst.state == InstanceState::Terminating
+            {
+                continue;
+            }
+            let label = inst.label.clone();
+            let rental = rs.store.read(move |rx| rx.rental(&label)).await;
+            let live = match rental {
+                Ok(Some(r)) => !r.state.is_terminal() && r.provider == name,
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile: cannot read rental");
+                    continue;
+                }
+            };
+            if !live {
+                tracing::info!(provider = %name, instance = %inst.id, label = %inst.label,
+                    "terminating an instance no live rental owns");
+                match provider.terminate(&inst.id).await {
+                    Ok(_) => terminated += 1,
+                    Err(e) => {
+                        tracing::warn!(instance = %inst.id, error = %e, "orphan terminate failed")
+                    }
+                }
+            }
+        }
+    }
+    terminated
+}
+
+/// Runs the rental workers until shutdown: sync every `poll`, metering every
+/// `metering_interval_seconds`, the orphan sweep at start and every `sweep`.
+pub async fn run(rs: Rentals, poll: Duration, sweep: Duration, shutdown: CancellationToken) {
+    let swept = reconcile_once(&rs).await;
+    if swept > 0 {
+        tracing::info!(
+            count = swept,
+            "start-up reconcile terminated orphan instances"
+        );
+    }
+    sync_once(&rs).await;
+    // Time the daemon was down is billed now: the GPUs kept running.
+    if let Err(e) = meter_once(&rs).await {
+        tracing::warn!(error = %e, "start-up metering failed");
+    }
+    let meter_every = Duration::from_secs(rs.cfg.metering_interval_seconds.max(1));
+    let mut sync_tick = tokio::time::interval(poll);
+    let mut meter_tick = tokio::time::interval(meter_every);
+    let mut sweep_tick = tokio::time::interval(sweep);
+    for t in [&mut sync_tick, &mut meter_tick, &mut sweep_tick] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t.reset();
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sync_tick.tick() => { sync_once(&rs).await; }
+            _ = meter_tick.tick() => {
+                if let Err(e) = meter_once(&rs).await {
+                    tracing::warn!(error = %e, "metering round failed");
+                }
+            }
+            _ = sweep_tick.tick() => { reconcile_once(&rs).await; }
+        }
+    }
+}
