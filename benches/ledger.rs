@@ -1,1 +1,188 @@
-fn main() {}
+//! Ledger operations per second with durable commits: 64 concurrent callers through
+//! the group-commit writer (`Store::write`) against the same operations with one
+//! commit each (`Store::write_unbatched`), in the same run on the same machine.
+//!
+//! One operation = place a hold for a new rental, charge it, release the rest: three
+//! ledger entries plus the rental and the account, in one transaction.
+//!
+//! Run: `cargo bench --bench ledger`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use spotd::error::Error;
+use spotd::ledger;
+use spotd::model::{Account, Offer, Rental, RentalState};
+use spotd::money::Usd;
+use spotd::store::{Store, Tx};
+
+const CALLERS: usize = 64;
+const OPS_PER_CALLER: usize = 8;
+
+fn offer() -> Offer {
+    Offer {
+        id: "bench:o1".into(),
+        provider: "bench".into(),
+        native_id: "o1".into(),
+        gpu: "H100 SXM".into(),
+        gpu_count: 1,
+        vram_gb: 80,
+        vcpus: 16,
+        ram_gb: 128,
+        disk_gb: 500,
+        region: "us-east".into(),
+        price_per_hour: Usd(2_500_000),
+        on_demand_price_per_hour: None,
+        interruptible: true,
+        reliability: 0.99,
+        available: 1,
+        updated_at: 0,
+    }
+}
+
+fn rental(id: String, account: &str) -> Rental {
+    Rental {
+        id,
+        account_id: account.to_string(),
+        state: RentalState::Running,
+        offer: offer(),
+        provider: "bench".into(),
+        price_per_hour: Usd(2_500_000),
+        model: None,
+        name: None,
+        image: None,
+        ssh_public_key: None,
+        env: Default::default(),
+        instance_id: None,
+        endpoint: None,
+        ssh: None,
+        created_at: 0,
+        started_at: Some(0),
+        ended_at: None,
+        last_activity_at: None,
+        seen_running_at: None,
+        termination_reason: None,
+        cost: Usd::ZERO,
+        hold: Usd(416_667),
+        hold_open: false,
+        idle_timeout_seconds: None,
+        max_duration_seconds: None,
+        attempts: 0,
+        next_attempt_at: 0,
+        last_error: None,
+        updated_at: 0,
+    }
+}
+
+/// hold + charge + release for a fresh rental of `account`.
+fn op(tx: &Tx<'_>, account: &str, rental_id: String) -> Result<(), Error> {
+    let mut a = tx
+        .account(account)?
+        .ok_or_else(|| Error::Internal("no account".into()))?;
+    let mut r = rental(rental_id, account);
+    ledger::place_hold(tx, &mut a, &mut r, 0)?;
+    ledger::charge_rental(tx, &mut a, &mut r, Usd(1_000), None, 0)?;
+    ledger::release_hold(tx, &mut a, &mut r, 0)?;
+    r.state = RentalState::Terminated;
+    tx.put_rental(&r)?;
+    tx.put_account(&a)?;
+    Ok(())
+}
+
+fn setup() -> (tempfile::TempDir, Store, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("bench.redb")).expect("open");
+    let ids: Vec<String> = (0..CALLERS).map(|i| format!("acct_bench{i}")).collect();
+    for id in &ids {
+        store
+            .write_unbatched(|tx| {
+                tx.put_account(&Account {
+                    id: id.clone(),
+                    name: id.clone(),
+                    created_at: 0,
+                    balance: Usd::from_dollars(1_000_000),
+                    held: Usd::ZERO,
+                    ledger_seq: 0,
+                })
+                .map_err(Error::from)
+            })
+            .expect("seed");
+    }
+    (dir, store, ids)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (_dir, store, accounts) = setup();
+    let accounts = Arc::new(accounts);
+    let mut g = c.benchmark_group("ledger_ops_64_callers");
+    g.throughput(Throughput::Elements((CALLERS * OPS_PER_CALLER) as u64));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(8));
+
+    g.bench_function("group_commit", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for it in 0..iters {
+                let start = Instant::now();
+                rt.block_on(async {
+                    let mut hs = Vec::with_capacity(CALLERS);
+                    for (ci, acct) in accounts.iter().enumerate() {
+                        let s = store.clone();
+                        let acct = acct.clone();
+                        hs.push(tokio::spawn(async move {
+                            for k in 0..OPS_PER_CALLER {
+                                let id = format!("rnt_g{it}_{ci}_{k}_{}", fastrand());
+                                let a = acct.clone();
+                                s.write(move |tx| op(tx, &a, id)).await.expect("op");
+                            }
+                        }));
+                    }
+                    for h in hs {
+                        h.await.expect("join");
+                    }
+                });
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+
+    g.bench_function("commit_per_op", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for it in 0..iters {
+                let start = Instant::now();
+                std::thread::scope(|sc| {
+                    for (ci, acct) in accounts.iter().enumerate() {
+                        let s = &store;
+                        sc.spawn(move || {
+                            for k in 0..OPS_PER_CALLER {
+                                let id = format!("rnt_u{it}_{ci}_{k}_{}", fastrand());
+                                s.write_unbatched(|tx| op(tx, acct, id)).expect("op");
+                            }
+                        });
+                    }
+                });
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// A cheap unique suffix so repeated criterion iterations never reuse a rental id.
+fn fastrand() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

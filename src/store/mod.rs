@@ -165,6 +165,31 @@ impl Store {
         }
     }
 
+    /// Runs `f` in its own write transaction with its own commit, on the calling
+    /// thread, bypassing the group-commit writer. Only for benchmarks that measure
+    /// what grouping saves, and for offline tools; the daemon never calls it.
+    pub fn write_unbatched<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&Tx<'_>) -> Result<R, E>,
+    {
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let r = {
+            let tx = Tx { txn: &txn };
+            f(&tx)
+        };
+        match r {
+            Ok(v) => {
+                txn.commit().map_err(StoreError::from)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        }
+    }
+
     /// Stops the writer after the writes already queued and releases the file, so the
     /// same database can be opened again in this process (a restart in tests).
     pub fn close(self) {
