@@ -5,6 +5,8 @@
 //! "refresh": it advances the cloud's drift epoch and moves every interruptible offer's
 //! spot price by a seeded step of at most `price_drift` (relative), computed in integer
 //! micro-USD and kept within [0.5x, 2x] of the fixture price. On-demand prices never move.
+//! The epoch lives in memory: a restarted sandbox starts again from the fixture prices,
+//! as a market that was closed would reopen near its list prices.
 
 use serde::Deserialize;
 

@@ -12,7 +12,10 @@
 //! - `GET /` -> `{"clouds": [...], "hosted": {"base_url": "http://ADDR/hosted/v1", "models": [...]}}`
 //! - `GET /<cloud>/offers`, `POST /<cloud>/instances`, `GET /<cloud>/instances`,
 //!   `GET|DELETE /<cloud>/instances/{id}`: the provider protocol. Any bearer token (or
-//!   none) is accepted.
+//!   none) is accepted. Errors are `{"error": code}`: 400 `bad_request: ...`, 404
+//!   `unknown_offer` / `not_found`, 409 `no_capacity`, 413 `body_too_large`. DELETE of
+//!   an instance that already stopped (terminating, terminated, interrupted) answers
+//!   200 with it unchanged.
 //! - `/<cloud>/instances/{id}/v1/{models,chat/completions,completions}`: the model
 //!   server of a running instance created with `model` (its `endpoint`).
 //! - `/hosted/v1/{models,chat/completions,completions}`: the hosted upstream.

@@ -513,3 +513,33 @@ async fn instances_survive_a_restart() {
     assert_eq!(next.id, "strato-000002");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_creates_never_oversell() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0);
+    let h = boot(&config::Sandbox::default(), dir.path(), &clock).await;
+    let o = fixture_offer("cumulus", |o| o.available >= 3);
+    let url = format!("{}/instances", h.cloud_base_url("cumulus"));
+    let mut tasks = Vec::new();
+    for n in 0..(o.available + 5) {
+        let (c, url) = (client(), url.clone());
+        let req = CreateInstance {
+            offer_id: o.id.clone(),
+            label: format!("rnt_{n}"),
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            c.post_json(&url, None, &req).await.unwrap().status
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::CREATED => created += 1,
+            s => assert_eq!(s, StatusCode::CONFLICT),
+        }
+    }
+    assert_eq!(created, o.available);
+    h.shutdown().await;
+}
