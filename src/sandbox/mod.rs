@@ -1,10 +1,140 @@
-//! The sandbox: simulated GPU clouds speaking the `http` provider protocol. (In progress.)
+//! The sandbox: simulated GPU clouds speaking the `http` provider protocol (SPEC section
+//! 5), plus a hosted OpenAI-compatible upstream, on one hyper server.
+//!
+//! Each cloud lives at `http://ADDR/<cloud>/` with offers from the fixtures compiled into
+//! the binary (see `catalog`), provisioning delay, seeded spot price drift and seeded
+//! preemption (see `sim`), and instances kept in the sandbox's own redb file
+//! (`DATA_DIR/sandbox/clouds.redb`, see `store`), so they outlive a restart exactly as a
+//! real cloud's would. Everything is deterministic under `[sandbox] seed`, and "now"
+//! always comes from the injected `Clock`.
+//!
+//! Routes:
+//! - `GET /` -> `{"clouds": [...], "hosted": {"base_url": "http://ADDR/hosted/v1", "models": [...]}}`
+//! - `GET /<cloud>/offers`, `POST /<cloud>/instances`, `GET /<cloud>/instances`,
+//!   `GET|DELETE /<cloud>/instances/{id}`: the provider protocol. Any bearer token (or
+//!   none) is accepted. Errors are `{"error": code}`: 400 `bad_request: ...`, 404
+//!   `unknown_offer` / `not_found`, 409 `no_capacity`, 413 `body_too_large`. DELETE of
+//!   an instance that already stopped (terminating, terminated, interrupted) answers
+//!   200 with it unchanged.
+//! - `/<cloud>/instances/{id}/v1/{models,chat/completions,completions}`: the model
+//!   server of a running instance created with `model` (its `endpoint`).
+//! - `/hosted/v1/{models,chat/completions,completions}`: the hosted upstream.
+//!
+//! Test-only control endpoints (not part of the protocol; spotd never calls them):
+//! - `POST /<cloud>/_control/preempt/{id}`: preempts a provisioning or running instance
+//!   now (interruptible offer or not): state `interrupted`, `ended_at` = now. 409
+//!   `{"error": "not_running"}` when it already stopped, 404 when unknown.
+//! - `POST /<cloud>/_control/fail` body `{"offers": true|false}`: while true, `GET
+//!   /<cloud>/offers` answers 500 `{"error": "simulated_failure"}` (a failing provider).
 
+mod catalog;
+mod llm;
+mod server;
+mod sim;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, Millis};
 use crate::config;
+
+use catalog::Catalogue;
+use sim::InstanceRecord;
+use store::SandboxStore;
+
+pub use catalog::cloud_names;
+
+/// The models the hosted upstream serves.
+pub const HOSTED_MODELS: &[&str] = &["gpt-4o-mini", "llama-3.1-8b-instruct-hosted"];
+
+/// In-flight requests get this long to finish on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running sandbox server.
+pub struct SandboxHandle {
+    pub addr: SocketAddr,
+    pub clouds: Vec<String>,
+    /// `http://ADDR/hosted/v1`.
+    pub hosted_base_url: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl SandboxHandle {
+    /// `http://ADDR/<cloud>`: the `base_url` of an `http` provider for that cloud.
+    pub fn cloud_base_url(&self, cloud: &str) -> String {
+        format!("http://{}/{cloud}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), closes the redb file.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the clouds on an already bound listener. `clock` gives "now".
+pub async fn start(
+    listener: TcpListener,
+    cfg: config::Sandbox,
+    data_dir: &Path,
+    clock: Clock,
+) -> Result<SandboxHandle, String> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("sandbox listener: {e}"))?;
+    let catalogues = catalog::load()?;
+    let path = data_dir.join("sandbox").join("clouds.redb");
+    let (store, loaded) = tokio::task::spawn_blocking(move || SandboxStore::open(&path))
+        .await
+        .map_err(|e| format!("sandbox store: {e}"))??;
+    let mut instances = Instances::default();
+    for (cloud, n) in loaded.counters {
+        instances.clouds.entry(cloud).or_default().counter = n;
+    }
+    for rec in loaded.instances {
+        instances.insert(rec);
+    }
+    let state = Arc::new(State {
+        clock,
+        drift_ppm: catalog::drift_ppm(cfg.price_drift),
+        cfg,
+        addr,
+        clouds: catalogues
+            .into_iter()
+            .map(|c| CloudState {
+                name: c.name.clone(),
+                catalogue: Mutex::new(c),
+                fail_offers: AtomicBool::new(false),
+            })
+            .collect(),
+        instances: tokio::sync::Mutex::new(instances),
+        store,
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
+    Ok(SandboxHandle {
+        addr,
+        clouds: state.clouds.iter().map(|c| c.name.clone()).collect(),
+        hosted_base_url: state.hosted_base_url(),
+        stop,
+        task,
+    })
+}
 
 /// `spotd sandbox-cloud`: serves the clouds on `listen` until `shutdown` is cancelled,
 /// printing `spotd sandbox-cloud listening on http://ADDR` once bound.
@@ -14,8 +144,147 @@ pub async fn run_standalone(
     cfg: config::Sandbox,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let _ = (listen, data_dir, cfg, shutdown);
-    Err("the sandbox cloud is not built yet".into())
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let handle = start(listener, cfg, data_dir, Clock::system()).await?;
+    println!("spotd sandbox-cloud listening on http://{}", handle.addr);
+    shutdown.cancelled().await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let st = state.clone();
+                    let svc = service_fn(move |req| server::handle(st.clone(), req));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let watched = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = watched.await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("sandbox accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sandbox: requests still in flight after {DRAIN_TIMEOUT:?}; closing");
+    }
+    state.store.close();
+}
+
+/// Shared by every connection.
+pub(crate) struct State {
+    clock: Clock,
+    cfg: config::Sandbox,
+    drift_ppm: i64,
+    addr: SocketAddr,
+    clouds: Vec<CloudState>,
+    /// Every instance of every cloud; writers hold the lock across the durable write,
+    /// so a capacity check and the create it allows are one step.
+    instances: tokio::sync::Mutex<Instances>,
+    store: SandboxStore,
+}
+
+impl State {
+    fn cloud(&self, name: &str) -> Option<&CloudState> {
+        self.clouds.iter().find(|c| c.name == name)
+    }
+
+    fn cloud_base(&self, cloud: &str) -> String {
+        format!("http://{}/{cloud}", self.addr)
+    }
+
+    fn hosted_base_url(&self) -> String {
+        format!("http://{}/hosted/v1", self.addr)
+    }
+
+    /// Writes `rec` (and the counter) durably, off the executor threads.
+    async fn persist(&self, rec: InstanceRecord, counter: Option<u64>) -> Result<(), String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put(&rec, counter))
+            .await
+            .map_err(|e| format!("sandbox store task: {e}"))?
+    }
+}
+
+pub(crate) struct CloudState {
+    name: String,
+    catalogue: Mutex<Catalogue>,
+    /// Set by `_control/fail`: `GET offers` answers 500 while true.
+    fail_offers: AtomicBool,
+}
+
+#[derive(Default)]
+struct CloudInstances {
+    counter: u64,
+    by_id: HashMap<String, InstanceRecord>,
+}
+
+#[derive(Default)]
+pub(crate) struct Instances {
+    clouds: BTreeMap<String, CloudInstances>,
+}
+
+impl Instances {
+    fn cloud(&self, cloud: &str) -> Option<&CloudInstances> {
+        self.clouds.get(cloud)
+    }
+
+    fn get(&self, cloud: &str, id: &str) -> Option<&InstanceRecord> {
+        self.clouds.get(cloud)?.by_id.get(id)
+    }
+
+    fn counter(&self, cloud: &str) -> u64 {
+        self.clouds.get(cloud).map(|c| c.counter).unwrap_or(0)
+    }
+
+    fn insert(&mut self, rec: InstanceRecord) {
+        let c = self.clouds.entry(rec.cloud.clone()).or_default();
+        c.counter = c.counter.max(rec.seq);
+        c.by_id.insert(rec.id.clone(), rec);
+    }
+
+    /// Machines held at `now`, per offer id (one pass for a whole offer list).
+    fn active_counts(&self, cloud: &str, now: Millis) -> HashMap<String, u32> {
+        let mut m = HashMap::new();
+        if let Some(c) = self.clouds.get(cloud) {
+            for r in c.by_id.values().filter(|r| r.holds_capacity(now)) {
+                *m.entry(r.offer_id.clone()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    /// Machines of `offer_id` held by an instance at `now`.
+    fn active_on(&self, cloud: &str, offer_id: &str, now: Millis) -> u32 {
+        self.clouds
+            .get(cloud)
+            .map(|c| {
+                c.by_id
+                    .values()
+                    .filter(|r| r.offer_id == offer_id && r.holds_capacity(now))
+                    .count() as u32
+            })
+            .unwrap_or(0)
+    }
 }
 pub struct SandboxHandle {
     pub addr: std::net::SocketAddr,
