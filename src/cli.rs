@@ -1,1 +1,330 @@
-//! Command line: serve, sandbox-cloud, client subcommands. (In progress.)
+//! The command line: `serve`, `sandbox-cloud` and the client subcommands.
+//!
+//! `main.rs` only calls [`main`]. Process concerns live here and nowhere else: reading
+//! the environment, logging setup, the tokio runtime, signals, exit codes. The daemon
+//! and the sandbox cloud are library functions that take a config and a cancellation
+//! token, so tests run them in-process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ServeFlags};
+
+mod client;
+mod logging;
+mod table;
+
+pub use client::{admin_token, api_key, base_url, data_dir, offers_query, query};
+pub use logging::LogFormat;
+
+/// Exit code of a configuration error (as for a usage error).
+const EXIT_CONFIG: u8 = 2;
+/// How long spawned tasks get to finish once `run` has returned.
+const RUNTIME_DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Parser, Debug)]
+#[command(name = "spotd", version, about = "A self-hosted GPU spot marketplace")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (API, scheduler, metering; the sandbox clouds in sandbox mode).
+    Serve(ServeArgs),
+    /// Run the simulated clouds as their own process.
+    SandboxCloud(SandboxCloudArgs),
+    /// List GPU offers.
+    Offers(client::OffersArgs),
+    /// Rent a GPU: an offer by id, or the cheapest match for --gpu.
+    Rent(client::RentArgs),
+    /// List your rentals.
+    Rentals(client::RentalsArgs),
+    /// Tear a rental down.
+    Stop(client::StopArgs),
+    /// Show your credit balance (or the ledger with --ledger).
+    Credits(client::CreditsArgs),
+    /// Administration (needs the admin token).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Manage accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Add credit to an account: `spotd admin credit ACCOUNT_ID USD`.
+    Credit(client::AdminCreditArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountCommand {
+    /// Create an account with initial credit; prints its API key once.
+    Create(client::AccountCreateArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one [env: SPOTD_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where the database and state files live [env: SPOTD_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file [env: SPOTD_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use the built-in simulated providers even when providers are configured.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// Log format on stderr [env: SPOTD_LOG_FORMAT].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxCloudArgs {
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// Where the clouds keep their instances.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Read the [sandbox] section of this file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The environment as UTF-8 pairs; variables that are not UTF-8 are none of ours.
+fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = environment();
+    match cli.command {
+        Command::Serve(a) => serve(a, &env),
+        Command::SandboxCloud(a) => sandbox_cloud(a, &env),
+        other => run_client(other, &env),
+    }
+}
+
+fn env_var<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn init_logging(flag: Option<LogFormat>, env: &[(String, String)]) {
+    let format = flag.unwrap_or_else(|| match env_var(env, "SPOTD_LOG_FORMAT") {
+        Some(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    logging::init(format, env_var(env, "SPOTD_LOG"));
+}
+
+/// Loads the config; on error prints it and gives the exit code.
+fn load_config(flags: &ServeFlags, env: &[(String, String)]) -> Result<config::Config, ExitCode> {
+    match config::load(flags, env) {
+        Ok((cfg, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(cfg)
+        }
+        Err(e) => {
+            eprintln!("spotd: configuration error: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn serve(a: ServeArgs, env: &[(String, String)]) -> ExitCode {
+    init_logging(a.log_format, env);
+    let flags = ServeFlags {
+        listen: a.listen,
+        data_dir: a.data_dir,
+        config: a.config,
+        sandbox: a.sandbox,
+    };
+    let cfg = match load_config(&flags, env) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    run_until_signal("spotd", |token| crate::daemon::run(cfg, token))
+}
+
+fn sandbox_cloud(a: SandboxCloudArgs, env: &[(String, String)]) -> ExitCode {
+    init_logging(a.log_format, env);
+    let flags = ServeFlags {
+        config: a.config,
+        ..ServeFlags::default()
+    };
+    let cfg = match load_config(&flags, env) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (listen, dir) = (a.listen, a.data_dir);
+    run_until_signal("spotd sandbox-cloud", move |token| async move {
+        crate::sandbox::run_standalone(&listen, &dir, cfg.sandbox, token).await
+    })
+}
+
+/// Runs `f` on a multi-thread runtime with a token cancelled by SIGTERM or SIGINT.
+/// A second signal exits at once, for when a graceful stop hangs.
+fn run_until_signal<F, Fut>(what: &str, f: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{what}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = CancellationToken::new();
+    let result = rt.block_on(async {
+        let watcher = tokio::spawn(watch_signals(token.clone()));
+        let r = f(token).await;
+        watcher.abort();
+        r
+    });
+    rt.shutdown_timeout(RUNTIME_DRAIN);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn watch_signals(token: CancellationToken) {
+    if let Err(e) = next_signal().await {
+        tracing::warn!("cannot listen for signals: {e}");
+        return;
+    }
+    tracing::info!("shutting down (signal received; send another to exit at once)");
+    token.cancel();
+    if next_signal().await.is_ok() {
+        tracing::warn!("second signal: exiting without a graceful stop");
+        std::process::exit(130);
+    }
+}
+
+#[cfg(unix)]
+async fn next_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn next_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+fn run_client(cmd: Command, env: &[(String, String)]) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spotd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cmd {
+            Command::Offers(a) => client::offers(a, env).await,
+            Command::Rent(a) => client::rent(a, env).await,
+            Command::Rentals(a) => client::rentals(a, env).await,
+            Command::Stop(a) => client::stop(a, env).await,
+            Command::Credits(a) => client::credits(a, env).await,
+            Command::Admin(AdminCommand::Account(AccountCommand::Create(a))) => {
+                client::account_create(a, env).await
+            }
+            Command::Admin(AdminCommand::Credit(a)) => client::admin_credit(a, env).await,
+            Command::Serve(_) | Command::SandboxCloud(_) => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spotd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "spotd",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/d",
+            "--sandbox",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(a.listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(a.data_dir, Some(PathBuf::from("/tmp/d")));
+        assert!(a.sandbox);
+        assert_eq!(a.log_format, Some(LogFormat::Json));
+    }
+
+    #[test]
+    fn sandbox_cloud_needs_listen_and_data_dir() {
+        assert!(
+            Cli::try_parse_from(["spotd", "sandbox-cloud", "--listen", "127.0.0.1:0"]).is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "spotd",
+            "sandbox-cloud",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "d"
+        ])
+        .is_ok());
+    }
+}

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::Usd;
 
+mod load;
+#[cfg(test)]
+mod tests;
+
+pub use load::{load, validate, ServeFlags};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {

@@ -1,3 +1,4 @@
-fn main() {
-    println!("spotd: work in progress");
+//! The `spotd` binary: everything is in the library (`spotd::cli`).
+fn main() -> std::process::ExitCode {
+    spotd::cli::main()
 }

@@ -1,0 +1,109 @@
+//! Logging for `serve` and `sandbox-cloud`: tracing to stderr, human text by default,
+//! JSON lines for log collectors. The filter comes from `SPOTD_LOG` (default `info`).
+//!
+//! The JSON format is a small `FormatEvent` rather than tracing-subscriber's `json`
+//! feature, which would pull in another crate for one line of output per event.
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+use crate::clock::{rfc3339, Clock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. A bad `SPOTD_LOG` falls back to `info` with a warning
+/// rather than refusing to start.
+pub fn init(format: LogFormat, filter: Option<&str>) {
+    let (filter, bad) = match filter.map(EnvFilter::try_new) {
+        None => (EnvFilter::new("info"), None),
+        Some(Ok(f)) => (f, None),
+        Some(Err(e)) => (EnvFilter::new("info"), Some(e.to_string())),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a second init (tests, embedding) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.event_format(JsonLines).try_init(),
+    };
+    if let Some(e) = bad {
+        tracing::warn!("SPOTD_LOG is not a valid filter ({e}); using info");
+    }
+}
+
+/// One JSON object per event: `{"timestamp","level","target","spans"?,"message",...fields}`.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut obj = Map::new();
+        obj.insert(
+            "timestamp".into(),
+            Value::String(rfc3339(Clock::system().now())),
+        );
+        obj.insert("level".into(), Value::String(meta.level().to_string()));
+        obj.insert("target".into(), Value::String(meta.target().to_string()));
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<Value> = scope
+                .from_root()
+                .map(|s| Value::String(s.name().to_string()))
+                .collect();
+            obj.insert("spans".into(), Value::Array(spans));
+        }
+        event.record(&mut JsonVisitor(&mut obj));
+        writeln!(writer, "{}", Value::Object(obj))
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::Bool(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let v = serde_json::Number::from_f64(value)
+            .map(Value::Number)
+            .unwrap_or(Value::Null);
+        self.0.insert(field.name().into(), v);
+    }
+}
