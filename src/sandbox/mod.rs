@@ -286,19 +286,3 @@ impl Instances {
             .unwrap_or(0)
     }
 }
-pub struct SandboxHandle {
-    pub addr: std::net::SocketAddr,
-    pub clouds: Vec<String>,
-    pub hosted_base_url: String,
-}
-impl SandboxHandle {
-    pub async fn shutdown(self) {}
-}
-pub async fn start(
-    _l: tokio::net::TcpListener,
-    _c: config::Sandbox,
-    _d: &Path,
-    _clock: crate::clock::Clock,
-) -> Result<SandboxHandle, String> {
-    Err("stub".into())
-}
