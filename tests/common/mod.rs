@@ -1,0 +1,319 @@
+//! Test fixture: the real `spotd` binary on 127.0.0.1:0 with a temp data dir, its
+//! sandbox clouds in-process, and a small JSON client. Dropping it kills the daemon.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use serde_json::Value;
+use spotd::http_client::HttpClient;
+use spotd::money::Usd;
+
+/// Fast clocks for tests: provisioning 1 s, metering every second.
+pub const FAST: &str = r#"
+[billing]
+metering_interval_seconds = 1
+min_session_seconds = 600
+
+[sandbox]
+provision_seconds = 1
+refresh_seconds = 2
+price_drift = 0.02
+seed = 7
+"#;
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub admin: String,
+    pub demo_key: String,
+    client: HttpClient,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: hyper::HeaderMap,
+}
+
+impl Resp {
+    pub fn err_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+fn spawn(dir: &Path) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotd"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--sandbox", "--data-dir"])
+        .arg(dir)
+        .arg("--config")
+        .arg(dir.join("test.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("daemon.log"))
+                .expect("log file"),
+        ));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPOTD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SPOTD_LOG", "info");
+    let mut child = cmd.spawn().expect("spawn spotd");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("spotd listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+            panic!("spotd did not report listening; log:\n{log}")
+        });
+    (child, url)
+}
+
+impl Daemon {
+    /// Starts a sandbox daemon with `FAST` plus `extra` TOML.
+    pub fn start(extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("test.toml"), merge_toml(FAST, extra)).expect("config");
+        let (child, url) = spawn(dir.path());
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.path().join(f))
+                .unwrap_or_else(|e| panic!("{f}: {e}"))
+                .trim()
+                .to_string()
+        };
+        Daemon {
+            admin: read("admin.token"),
+            demo_key: read("demo.key"),
+            child: Some(child),
+            url,
+            dir,
+            client: HttpClient::new(Duration::from_secs(30)),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        wait_timeout(&mut c, Duration::from_secs(30)).expect("spotd did not stop on SIGTERM")
+    }
+
+    /// kill -9: no chance to persist anything.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Starts the daemon again on the same data dir (a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill it first");
+        let (child, url) = spawn(self.dir.path());
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
+        self.call_h(method, path, key, &[], body.map(|b| b.to_string().into_bytes()))
+            .await
+    }
+
+    pub async fn call_h(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let r = self
+            .client
+            .send(method, &format!("{}{}", self.url, path), key, headers, body)
+            .await
+            .expect("request");
+        let body = if r.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&r.body).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&r.body).to_string())
+            })
+        };
+        Resp {
+            status: r.status.as_u16(),
+            body,
+            headers: r.headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::GET, path, Some(key), None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(key), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::DELETE, path, Some(key), None).await
+    }
+
+    /// Creates an account with `credit` USD (exact decimal text) and returns (id, key).
+    pub async fn account(&self, name: &str, credit: &str) -> (String, String) {
+        let credit: Value = serde_json::from_str(credit).expect("credit literal");
+        let r = self
+            .post(
+                "/admin/v1/accounts",
+                &self.admin.clone(),
+                serde_json::json!({"name": name, "credit": credit}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        (
+            r.body["id"].as_str().expect("id").to_string(),
+            r.body["api_key"]["key"].as_str().expect("key").to_string(),
+        )
+    }
+
+    /// Polls a rental until `pred` holds (or panics after `secs`).
+    pub async fn wait_rental(&self, key: &str, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.get(&format!("/v1/gpus/rentals/{id}"), key).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            if pred(&r.body) {
+                return r.body;
+            }
+            if Instant::now() > deadline {
+                panic!("rental {id} did not reach the expected state: {}\nlog:\n{}", r.body, self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every ledger entry of the key's account, newest first.
+    pub async fn ledger(&self, key: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/credits/ledger?limit=1000&cursor={c}"),
+                None => "/v1/credits/ledger?limit=1000".to_string(),
+            };
+            let r = self.get(&path, key).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            out.extend(r.body["data"].as_array().expect("data").iter().cloned());
+            match r.body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Asserts the money invariants of SPEC section 4 for the key's account.
+    pub async fn assert_books_balance(&self, key: &str) -> (Usd, Usd, Usd) {
+        let c = self.get("/v1/credits", key).await;
+        assert_eq!(c.status, 200);
+        let balance = usd(&c.body["balance"]);
+        let held = usd(&c.body["held"]);
+        let available = usd(&c.body["available"]);
+        assert_eq!(available, balance - held);
+        assert!(available >= Usd::ZERO, "available went below zero: {}", c.body);
+        let sum: Usd = self
+            .ledger(key)
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "credit" || e["kind"] == "charge")
+            .map(|e| usd(&e["amount"]))
+            .sum();
+        assert_eq!(sum, balance, "balance must equal the sum of credit and charge entries");
+        (balance, held, available)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn usd(v: &Value) -> Usd {
+    Usd::from_json(v).unwrap_or_else(|e| panic!("not money: {v}: {e}"))
+}
+
+fn wait_timeout(c: &mut Child, d: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + d;
+    loop {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Later sections override earlier ones key by key.
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut a: toml::Table = base.parse().expect("base toml");
+    let b: toml::Table = extra.parse().expect("extra toml");
+    for (k, v) in b {
+        match (a.get_mut(&k), v) {
+            (Some(toml::Value::Table(at)), toml::Value::Table(bt)) => {
+                for (k2, v2) in bt {
+                    at.insert(k2, v2);
+                }
+            }
+            (_, v) => {
+                a.insert(k, v);
+            }
+        }
+    }
+    toml::to_string(&a).expect("toml")
+}
+
+/// The cheapest offer matching a query string, as JSON.
+pub async fn cheapest(d: &Daemon, key: &str, query: &str) -> Value {
+    let r = d.get(&format!("/v1/gpus/offers?sort=price&limit=1&{query}"), key).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["data"][0].clone()
+}

@@ -1,0 +1,111 @@
+//! Money rules against the real daemon: insufficient-credit termination that never lets
+//! `available` go below zero, and idempotent rent and credit.
+
+mod common;
+
+use common::{cheapest, usd, Daemon};
+use hyper::Method;
+use serde_json::json;
+use spotd::money::{prorate, Usd};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_credit_terminates_before_available_goes_negative() {
+    // A 2-second minimum session so the hold is small and the credit runs out fast.
+    let d = Daemon::start("[billing]\nmin_session_seconds = 2\n");
+    let admin = d.admin.clone();
+    let (_, demo) = (0, d.demo_key.clone());
+    let offer = cheapest(&d, &demo, "min_gpu_count=8&gpu=H100").await;
+    let price = usd(&offer["price_per_hour"]);
+    // Enough for about 5 seconds of this machine.
+    let credit = prorate(price, 5);
+    let (acct, key) = d.account("short", &credit.to_string()).await;
+    assert!(!acct.is_empty());
+    let r = d
+        .post("/v1/gpus/rentals", &key, json!({"offer_id": offer["id"]}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let locked = usd(&r.body["price_per_hour"]);
+
+    // Watch the books while it runs out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let end = loop {
+        let (_, _, avail) = d.assert_books_balance(&key).await;
+        assert!(avail >= Usd::ZERO);
+        let x = d.get(&format!("/v1/gpus/rentals/{id}"), &key).await;
+        let st = x.body["state"].as_str().unwrap().to_string();
+        if st == "terminating" || st == "terminated" {
+            break x.body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ran out: {}", x.body);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(end["termination_reason"], "insufficient_credit", "{end}");
+    let cost = usd(&end["cost"]);
+    assert!(cost <= credit, "charged {cost} of {credit}");
+    assert!(cost > Usd::ZERO);
+    let (bal, held, avail) = d.assert_books_balance(&key).await;
+    assert_eq!(held, Usd::ZERO);
+    assert!(avail >= Usd::ZERO);
+    assert_eq!(bal, credit - cost);
+    // Stopped when the next step no longer fit: less than two steps' worth is left.
+    assert!(bal < prorate(locked, 2) + Usd(1), "left {bal} unspent");
+    d.wait_rental(&key, &id, 20, |r| r["state"] == "terminated").await;
+    let _ = admin;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_rent_and_credit() {
+    let d = Daemon::start("");
+    let key = d.demo_key.clone();
+    let admin = d.admin.clone();
+    let offer = cheapest(&d, &key, "gpu=T4").await;
+    let body = json!({"offer_id": offer["id"], "name": "once"}).to_string().into_bytes();
+    let h = [("Idempotency-Key", "rent-abc-1")];
+    let a = d
+        .call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &h, Some(body.clone()))
+        .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let b = d
+        .call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &h, Some(body))
+        .await;
+    assert_eq!(b.status, 201);
+    assert_eq!(a.body["id"], b.body["id"], "the same key answers the same rental");
+    let list = d.get("/v1/gpus/rentals", &key).await;
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 1, "rented once");
+    // Same key, other body: 422, nothing new.
+    let other = json!({"offer_id": offer["id"], "name": "twice"}).to_string().into_bytes();
+    let c = d
+        .call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &h, Some(other))
+        .await;
+    assert_eq!(c.status, 422, "{:?}", c.body);
+    assert_eq!(d.get("/v1/gpus/rentals", &key).await.body["data"].as_array().unwrap().len(), 1);
+
+    // Admin credit, twice with one key: credited once.
+    let (acct, k2) = d.account("idem", "1").await;
+    let path = format!("/admin/v1/accounts/{acct}/credits");
+    let cb = json!({"amount": 2.5, "note": "top-up"}).to_string().into_bytes();
+    let hk = [("Idempotency-Key", "credit-xyz")];
+    for _ in 0..3 {
+        let r = d
+            .call_h(Method::POST, &path, Some(&admin), &hk, Some(cb.clone()))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let (bal, _, _) = d.assert_books_balance(&k2).await;
+    assert_eq!(bal, Usd(3_500_000));
+    let bad = d
+        .call_h(
+            Method::POST,
+            &path,
+            Some(&admin),
+            &hk,
+            Some(json!({"amount": 9}).to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let (bal, _, _) = d.assert_books_balance(&k2).await;
+    assert_eq!(bal, Usd(3_500_000));
+    d.delete(&format!("/v1/gpus/rentals/{}", a.body["id"].as_str().unwrap()), &key)
+        .await;
+}
