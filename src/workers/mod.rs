@@ -1,2 +1,0 @@
-pub mod offer_sync;
-pub mod rentals;
