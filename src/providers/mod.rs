@@ -4,7 +4,9 @@
 //! rental id so a restart can find it again), reads and lists instances, and
 //! terminates them. Provider calls never happen inside a store transaction.
 
+pub mod http;
 pub mod protocol;
+pub mod registry;
 
 use async_trait::async_trait;
 
