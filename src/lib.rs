@@ -17,3 +17,4 @@ pub mod money;
 pub mod providers;
 pub mod sandbox;
 pub mod store;
+pub mod workers;
