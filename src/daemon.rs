@@ -162,7 +162,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         sandbox_handle = Some(h);
     }
     let http = HttpClient::new(PROVIDER_TIMEOUT);
-    let registry = Arc::new(Registry::from_config(&providers, http)?);
+    let registry = Arc::new(Registry::new(&providers, http)?);
     let offers = store
         .read(|rx| rx.offers())
         .await
@@ -171,7 +171,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
 
     // One refresh before serving, so the first request sees a market.
     for name in registry.names() {
-        let f = workers::offer_sync::refresh_once(&registry, &name, &market, &store, &clock);
+        let f = workers::offer_sync::refresh_once(&registry, &market, &store, &clock, &name);
         if tokio::time::timeout(Duration::from_secs(10), f)
             .await
             .is_err()

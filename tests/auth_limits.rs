@@ -10,8 +10,16 @@ use serde_json::json;
 fn assert_openai_error(r: &common::Resp, status: u16) {
     assert_eq!(r.status, status, "{:?}", r.body);
     let e = &r.body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{:?}", r.body);
-    assert!(e["type"].is_string() && e["code"].is_string(), "{:?}", r.body);
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        e["type"].is_string() && e["code"].is_string(),
+        "{:?}",
+        r.body
+    );
     assert!(e.get("param").is_some(), "{:?}", r.body);
 }
 
@@ -37,13 +45,26 @@ async fn keys_missing_wrong_revoked_and_admin_only() {
     assert_openai_error(&d.get("/v1/credits", &key).await, 401);
     // A second key works; the revoked one still does not.
     let nk = d
-        .call(Method::POST, &format!("/admin/v1/accounts/{acct}/keys"), Some(&admin), None)
+        .call(
+            Method::POST,
+            &format!("/admin/v1/accounts/{acct}/keys"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(nk.status, 201, "{:?}", nk.body);
-    assert_eq!(d.get("/v1/credits", nk.body["key"].as_str().unwrap()).await.status, 200);
+    assert_eq!(
+        d.get("/v1/credits", nk.body["key"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
     assert_eq!(d.get("/v1/credits", &key).await.status, 401);
     // Health needs no key.
-    assert_eq!(d.call(Method::GET, "/healthz", None, None).await.status, 200);
+    assert_eq!(
+        d.call(Method::GET, "/healthz", None, None).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,16 +94,31 @@ async fn bad_input_is_400_or_413_and_changes_nothing() {
     let d = Daemon::start("[limits]\nmax_body_bytes = 4096\n");
     let key = d.demo_key.clone();
     let send = |body: &'static [u8]| {
-        d.call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &[], Some(body.to_vec()))
+        d.call_h(
+            Method::POST,
+            "/v1/gpus/rentals",
+            Some(&key),
+            &[],
+            Some(body.to_vec()),
+        )
     };
     assert_openai_error(&send(b"{not json").await, 400);
     assert_openai_error(&send(b"[]").await, 400);
     assert_openai_error(&send(b"{}").await, 400);
     assert_openai_error(&send(b"{\"offer_id\": 7}").await, 400);
-    assert_openai_error(&send(b"{\"gpu\": \"H100\", \"max_price_per_hour\": \"cheap\"}").await, 400);
-    assert_openai_error(&send(b"{\"gpu\": \"H100\", \"max_price_per_hour\": 0.0000001}").await, 400);
+    assert_openai_error(
+        &send(b"{\"gpu\": \"H100\", \"max_price_per_hour\": \"cheap\"}").await,
+        400,
+    );
+    assert_openai_error(
+        &send(b"{\"gpu\": \"H100\", \"max_price_per_hour\": 0.0000001}").await,
+        400,
+    );
     assert_openai_error(&send(b"{\"gpu\": \"H100\", \"bogus\": 1}").await, 400);
-    assert_openai_error(&send(b"{\"gpu\": \"H100\", \"offer_id\": \"x:y\"}").await, 400);
+    assert_openai_error(
+        &send(b"{\"gpu\": \"H100\", \"offer_id\": \"x:y\"}").await,
+        400,
+    );
     let big = vec![b' '; 10_000];
     let r = d
         .call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &[], Some(big))
@@ -106,12 +142,30 @@ async fn bad_input_is_400_or_413_and_changes_nothing() {
     assert_openai_error(&d.get("/v1/credits/ledger?limit=0", &key).await, 400);
     assert_openai_error(&d.get("/v1/nothing-here", &key).await, 404);
     let admin = d.admin.clone();
-    let r = d.post("/admin/v1/accounts", &admin, json!({"name": "", "credit": 1})).await;
+    let r = d
+        .post(
+            "/admin/v1/accounts",
+            &admin,
+            json!({"name": "", "credit": 1}),
+        )
+        .await;
     assert_openai_error(&r, 400);
-    let r = d.post("/admin/v1/accounts", &admin, json!({"name": "x", "credit": -1})).await;
+    let r = d
+        .post(
+            "/admin/v1/accounts",
+            &admin,
+            json!({"name": "x", "credit": -1}),
+        )
+        .await;
     assert_openai_error(&r, 400);
     // Nothing was rented, nothing was held.
-    assert_eq!(d.get("/v1/gpus/rentals", &key).await.body["data"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        d.get("/v1/gpus/rentals", &key).await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let (_, held, _) = d.assert_books_balance(&key).await;
     assert_eq!(held, spotd::money::Usd::ZERO);
     assert!(!d.log().contains("panicked"), "{}", d.log());

@@ -37,7 +37,11 @@ async fn running_out_of_credit_terminates_before_available_goes_negative() {
         if st == "terminating" || st == "terminated" {
             break x.body;
         }
-        assert!(std::time::Instant::now() < deadline, "never ran out: {}", x.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ran out: {}",
+            x.body
+        );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
     assert_eq!(end["termination_reason"], "insufficient_credit", "{end}");
@@ -50,7 +54,8 @@ async fn running_out_of_credit_terminates_before_available_goes_negative() {
     assert_eq!(bal, credit - cost);
     // Stopped when the next step no longer fit: less than two steps' worth is left.
     assert!(bal < prorate(locked, 2) + Usd(1), "left {bal} unspent");
-    d.wait_rental(&key, &id, 20, |r| r["state"] == "terminated").await;
+    d.wait_rental(&key, &id, 20, |r| r["state"] == "terminated")
+        .await;
     let _ = admin;
 }
 
@@ -60,31 +65,62 @@ async fn idempotent_rent_and_credit() {
     let key = d.demo_key.clone();
     let admin = d.admin.clone();
     let offer = cheapest(&d, &key, "gpu=T4").await;
-    let body = json!({"offer_id": offer["id"], "name": "once"}).to_string().into_bytes();
+    let body = json!({"offer_id": offer["id"], "name": "once"})
+        .to_string()
+        .into_bytes();
     let h = [("Idempotency-Key", "rent-abc-1")];
     let a = d
-        .call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &h, Some(body.clone()))
+        .call_h(
+            Method::POST,
+            "/v1/gpus/rentals",
+            Some(&key),
+            &h,
+            Some(body.clone()),
+        )
         .await;
     assert_eq!(a.status, 201, "{:?}", a.body);
     let b = d
         .call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &h, Some(body))
         .await;
     assert_eq!(b.status, 201);
-    assert_eq!(a.body["id"], b.body["id"], "the same key answers the same rental");
+    assert_eq!(
+        a.body["id"], b.body["id"],
+        "the same key answers the same rental"
+    );
     let list = d.get("/v1/gpus/rentals", &key).await;
-    assert_eq!(list.body["data"].as_array().unwrap().len(), 1, "rented once");
+    assert_eq!(
+        list.body["data"].as_array().unwrap().len(),
+        1,
+        "rented once"
+    );
     // Same key, other body: 422, nothing new.
-    let other = json!({"offer_id": offer["id"], "name": "twice"}).to_string().into_bytes();
+    let other = json!({"offer_id": offer["id"], "name": "twice"})
+        .to_string()
+        .into_bytes();
     let c = d
-        .call_h(Method::POST, "/v1/gpus/rentals", Some(&key), &h, Some(other))
+        .call_h(
+            Method::POST,
+            "/v1/gpus/rentals",
+            Some(&key),
+            &h,
+            Some(other),
+        )
         .await;
     assert_eq!(c.status, 422, "{:?}", c.body);
-    assert_eq!(d.get("/v1/gpus/rentals", &key).await.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        d.get("/v1/gpus/rentals", &key).await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Admin credit, twice with one key: credited once.
     let (acct, k2) = d.account("idem", "1").await;
     let path = format!("/admin/v1/accounts/{acct}/credits");
-    let cb = json!({"amount": 2.5, "note": "top-up"}).to_string().into_bytes();
+    let cb = json!({"amount": 2.5, "note": "top-up"})
+        .to_string()
+        .into_bytes();
     let hk = [("Idempotency-Key", "credit-xyz")];
     for _ in 0..3 {
         let r = d
@@ -106,6 +142,9 @@ async fn idempotent_rent_and_credit() {
     assert_eq!(bad.status, 422);
     let (bal, _, _) = d.assert_books_balance(&k2).await;
     assert_eq!(bal, Usd(3_500_000));
-    d.delete(&format!("/v1/gpus/rentals/{}", a.body["id"].as_str().unwrap()), &key)
-        .await;
+    d.delete(
+        &format!("/v1/gpus/rentals/{}", a.body["id"].as_str().unwrap()),
+        &key,
+    )
+    .await;
 }

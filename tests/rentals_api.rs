@@ -18,7 +18,11 @@ async fn rent_run_teardown_bills_exactly_and_releases_the_hold() {
     let offer = cheapest(&d, &key, "gpu=RTX%204090").await;
     let offer_id = offer["id"].as_str().unwrap().to_string();
     let r = d
-        .post("/v1/gpus/rentals", &key, json!({"offer_id": offer_id, "name": "job-1"}))
+        .post(
+            "/v1/gpus/rentals",
+            &key,
+            json!({"offer_id": offer_id, "name": "job-1"}),
+        )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["object"], "gpu_rental");
@@ -28,7 +32,11 @@ async fn rent_run_teardown_bills_exactly_and_releases_the_hold() {
     assert!(id.starts_with("rnt_"));
     let price = usd(&r.body["price_per_hour"]);
     let hold = usd(&r.body["hold"]);
-    assert_eq!(hold, prorate(price, 600), "hold = price x min_session_seconds");
+    assert_eq!(
+        hold,
+        prorate(price, 600),
+        "hold = price x min_session_seconds"
+    );
 
     // While provisioning: the hold is held, nothing is charged.
     let (_, held, avail) = d.assert_books_balance(&key).await;
@@ -42,7 +50,11 @@ async fn rent_run_teardown_bills_exactly_and_releases_the_hold() {
     // Let it run across a few metering steps.
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     let mid = d.get(&format!("/v1/gpus/rentals/{id}"), &key).await;
-    assert!(usd(&mid.body["cost"]) > Usd::ZERO, "metering charged nothing: {}", mid.body);
+    assert!(
+        usd(&mid.body["cost"]) > Usd::ZERO,
+        "metering charged nothing: {}",
+        mid.body
+    );
     d.assert_books_balance(&key).await;
 
     let del = d.delete(&format!("/v1/gpus/rentals/{id}"), &key).await;
@@ -59,7 +71,11 @@ async fn rent_run_teardown_bills_exactly_and_releases_the_hold() {
     let secs = ((ended - started) / 1000) as u64;
     assert!(secs >= 3, "ran {secs} s");
     let cost = usd(&done["cost"]);
-    assert_eq!(cost, prorate(price, secs), "cost = price x whole running seconds");
+    assert_eq!(
+        cost,
+        prorate(price, secs),
+        "cost = price x whole running seconds"
+    );
     assert_eq!(usd(&done["hold"]), Usd::ZERO);
 
     let (bal, held, avail) = d.assert_books_balance(&key).await;
@@ -122,7 +138,10 @@ async fn rent_by_criteria_picks_the_cheapest_fit_and_others_get_404() {
     for (m, p) in [
         (hyper::Method::GET, format!("/v1/gpus/rentals/{id}")),
         (hyper::Method::DELETE, format!("/v1/gpus/rentals/{id}")),
-        (hyper::Method::POST, format!("/v1/gpus/rentals/{id}/activity")),
+        (
+            hyper::Method::POST,
+            format!("/v1/gpus/rentals/{id}/activity"),
+        ),
     ] {
         let x = d.call(m, &p, Some(&other), None).await;
         assert_eq!(x.status, 404, "{p}: {:?}", x.body);
@@ -132,7 +151,11 @@ async fn rent_by_criteria_picks_the_cheapest_fit_and_others_get_404() {
 
     // Nothing matches: a clear 409, nothing rented, nothing held.
     let none = d
-        .post("/v1/gpus/rentals", &other, json!({"gpu": "H100", "max_price_per_hour": 0.01}))
+        .post(
+            "/v1/gpus/rentals",
+            &other,
+            json!({"gpu": "H100", "max_price_per_hour": 0.01}),
+        )
         .await;
     assert_eq!(none.status, 409, "{:?}", none.body);
     assert_eq!(none.err_code(), "no_capacity");

@@ -19,12 +19,21 @@ async fn rent_running(d: &Daemon, key: &str) -> (String, Usd) {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
-    d.wait_rental(key, &id, 20, |r| r["state"] == "running").await;
+    d.wait_rental(key, &id, 20, |r| r["state"] == "running")
+        .await;
     (id, usd(&r.body["price_per_hour"]))
 }
 
-async fn check_downtime_billed(d: &Daemon, key: &str, id: &str, price: Usd, down_from: std::time::SystemTime) {
-    let r = d.wait_rental(key, id, 20, |r| r["state"] == "running").await;
+async fn check_downtime_billed(
+    d: &Daemon,
+    key: &str,
+    id: &str,
+    price: Usd,
+    down_from: std::time::SystemTime,
+) {
+    let r = d
+        .wait_rental(key, id, 20, |r| r["state"] == "running")
+        .await;
     let started = parse_rfc3339(r["started_at"].as_str().unwrap()).unwrap();
     let down_ms = down_from
         .duration_since(std::time::UNIX_EPOCH)
@@ -46,7 +55,10 @@ async fn check_downtime_billed(d: &Daemon, key: &str, id: &str, price: Usd, down
             assert!(cost <= prorate(price, ((now_ms - started) / 1000 + 15) as u64));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "downtime not billed: cost {cost} < {min_due}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "downtime not billed: cost {cost} < {min_due}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     d.assert_books_balance(key).await;
@@ -63,7 +75,12 @@ async fn graceful_restart_keeps_rentals_running_and_bills_downtime() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     d.restart();
     check_downtime_billed(&d, &key, &id, price, down).await;
-    assert_eq!(d.delete(&format!("/v1/gpus/rentals/{id}"), &key).await.status, 200);
+    assert_eq!(
+        d.delete(&format!("/v1/gpus/rentals/{id}"), &key)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,7 +91,11 @@ async fn kill9_restart_keeps_rentals_and_acknowledged_writes() {
     let (id, price) = rent_running(&d, &key).await;
     let (acct, k2) = d.account("durable", "1").await;
     let r = d
-        .post(&format!("/admin/v1/accounts/{acct}/credits"), &admin, json!({"amount": 0.25}))
+        .post(
+            &format!("/admin/v1/accounts/{acct}/credits"),
+            &admin,
+            json!({"amount": 0.25}),
+        )
         .await;
     assert_eq!(r.status, 200);
     d.kill9();
@@ -82,9 +103,18 @@ async fn kill9_restart_keeps_rentals_and_acknowledged_writes() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     d.restart();
     let (bal, _, _) = d.assert_books_balance(&k2).await;
-    assert_eq!(bal, Usd(1_250_000), "an acknowledged credit survived kill -9");
+    assert_eq!(
+        bal,
+        Usd(1_250_000),
+        "an acknowledged credit survived kill -9"
+    );
     check_downtime_billed(&d, &key, &id, price, down).await;
-    assert_eq!(d.delete(&format!("/v1/gpus/rentals/{id}"), &key).await.status, 200);
+    assert_eq!(
+        d.delete(&format!("/v1/gpus/rentals/{id}"), &key)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,9 +123,17 @@ async fn orphan_instance_is_terminated_on_start() {
     let admin = d.admin.clone();
     let p = d.get("/admin/v1/providers", &admin).await;
     assert_eq!(p.status, 200, "{:?}", p.body);
-    let base = p.body["data"][0]["base_url"].as_str().expect("base_url").to_string();
+    let base = p.body["data"][0]["base_url"]
+        .as_str()
+        .expect("base_url")
+        .to_string();
     let client = HttpClient::new(Duration::from_secs(10));
-    let offers: serde_json::Value = client.get(&format!("{base}/offers"), None).await.unwrap().json().unwrap();
+    let offers: serde_json::Value = client
+        .get(&format!("{base}/offers"), None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
     let offer = offers["offers"]
         .as_array()
         .unwrap()
@@ -108,13 +146,21 @@ async fn orphan_instance_is_terminated_on_start() {
     // An instance with a spotd label that no rental owns (a crash between create and
     // record would leave exactly this), and one with a foreign label.
     let orphan: serde_json::Value = client
-        .post_json(&format!("{base}/instances"), None, &json!({"offer_id": offer, "label": "rnt_orphan0000000001"}))
+        .post_json(
+            &format!("{base}/instances"),
+            None,
+            &json!({"offer_id": offer, "label": "rnt_orphan0000000001"}),
+        )
         .await
         .unwrap()
         .json()
         .unwrap();
     let foreign: serde_json::Value = client
-        .post_json(&format!("{base}/instances"), None, &json!({"offer_id": offer, "label": "someone-elses"}))
+        .post_json(
+            &format!("{base}/instances"),
+            None,
+            &json!({"offer_id": offer, "label": "someone-elses"}),
+        )
         .await
         .unwrap()
         .json()
@@ -126,7 +172,10 @@ async fn orphan_instance_is_terminated_on_start() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let o: serde_json::Value = client
-            .get(&format!("{base}/instances/{}", orphan["id"].as_str().unwrap()), None)
+            .get(
+                &format!("{base}/instances/{}", orphan["id"].as_str().unwrap()),
+                None,
+            )
             .await
             .unwrap()
             .json()
@@ -139,7 +188,10 @@ async fn orphan_instance_is_terminated_on_start() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let f: serde_json::Value = client
-        .get(&format!("{base}/instances/{}", foreign["id"].as_str().unwrap()), None)
+        .get(
+            &format!("{base}/instances/{}", foreign["id"].as_str().unwrap()),
+            None,
+        )
         .await
         .unwrap()
         .json()

@@ -4,7 +4,9 @@
 //! rental id so a restart can find it again), reads and lists instances, and
 //! terminates them. Provider calls never happen inside a store transaction.
 
+pub mod http;
 pub mod protocol;
+pub mod registry;
 
 use async_trait::async_trait;
 
@@ -42,4 +44,3 @@ pub trait Provider: Send + Sync {
     /// `Ok(None)` when the instance is already gone (404).
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError>;
 }
-pub mod registry;

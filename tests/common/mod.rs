@@ -50,19 +50,25 @@ impl Resp {
 
 fn spawn(dir: &Path) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotd"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--sandbox", "--data-dir"])
-        .arg(dir)
-        .arg("--config")
-        .arg(dir.join("test.toml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("daemon.log"))
-                .expect("log file"),
-        ));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--sandbox",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .arg("--config")
+    .arg(dir.join("test.toml"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::from(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .expect("log file"),
+    ));
     for (k, _) in std::env::vars() {
         if k.starts_with("SPOTD_") {
             cmd.env_remove(k);
@@ -148,9 +154,21 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
-    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
-        self.call_h(method, path, key, &[], body.map(|b| b.to_string().into_bytes()))
-            .await
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        self.call_h(
+            method,
+            path,
+            key,
+            &[],
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
     }
 
     pub async fn call_h(
@@ -169,9 +187,8 @@ impl Daemon {
         let body = if r.body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&r.body).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&r.body).to_string())
-            })
+            serde_json::from_slice(&r.body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.body).to_string()))
         };
         Resp {
             status: r.status.as_u16(),
@@ -210,7 +227,13 @@ impl Daemon {
     }
 
     /// Polls a rental until `pred` holds (or panics after `secs`).
-    pub async fn wait_rental(&self, key: &str, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_rental(
+        &self,
+        key: &str,
+        id: &str,
+        secs: u64,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let r = self.get(&format!("/v1/gpus/rentals/{id}"), key).await;
@@ -219,7 +242,11 @@ impl Daemon {
                 return r.body;
             }
             if Instant::now() > deadline {
-                panic!("rental {id} did not reach the expected state: {}\nlog:\n{}", r.body, self.log());
+                panic!(
+                    "rental {id} did not reach the expected state: {}\nlog:\n{}",
+                    r.body,
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -252,7 +279,11 @@ impl Daemon {
         let held = usd(&c.body["held"]);
         let available = usd(&c.body["available"]);
         assert_eq!(available, balance - held);
-        assert!(available >= Usd::ZERO, "available went below zero: {}", c.body);
+        assert!(
+            available >= Usd::ZERO,
+            "available went below zero: {}",
+            c.body
+        );
         let sum: Usd = self
             .ledger(key)
             .await
@@ -260,7 +291,10 @@ impl Daemon {
             .filter(|e| e["kind"] == "credit" || e["kind"] == "charge")
             .map(|e| usd(&e["amount"]))
             .sum();
-        assert_eq!(sum, balance, "balance must equal the sum of credit and charge entries");
+        assert_eq!(
+            sum, balance,
+            "balance must equal the sum of credit and charge entries"
+        );
         (balance, held, available)
     }
 }
@@ -313,7 +347,9 @@ fn merge_toml(base: &str, extra: &str) -> String {
 
 /// The cheapest offer matching a query string, as JSON.
 pub async fn cheapest(d: &Daemon, key: &str, query: &str) -> Value {
-    let r = d.get(&format!("/v1/gpus/offers?sort=price&limit=1&{query}"), key).await;
+    let r = d
+        .get(&format!("/v1/gpus/offers?sort=price&limit=1&{query}"), key)
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["data"][0].clone()
 }

@@ -1,0 +1,430 @@
+//! The `http` provider: any pool that speaks the small JSON protocol of SPEC section 5
+//! (also what the sandbox clouds serve).
+//!
+//! Every answer is untrusted: statuses map onto `ProviderError` by one function, and a
+//! body that does not parse is `Unavailable`, never a panic. 409 `no_capacity` means
+//! "try the next offer"; 5xx, timeouts and transport failures mean "outcome unknown".
+
+use async_trait::async_trait;
+use hyper::StatusCode;
+
+use super::protocol::{ErrorBody, InstancesResponse, OffersResponse};
+use super::{CreateInstance, Instance, Provider, ProviderError, ProviderOffer};
+use crate::http_client::{HttpClient, HttpError, HttpResponse};
+
+pub struct HttpProvider {
+    name: String,
+    /// Without a trailing slash.
+    base_url: String,
+    api_key: Option<String>,
+    client: HttpClient,
+}
+
+impl std::fmt::Debug for HttpProvider {
+    // The key stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl HttpProvider {
+    pub fn new(
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        api_key: Option<String>,
+        client: HttpClient,
+    ) -> HttpProvider {
+        let base_url = base_url.into().trim_end_matches('/').to_string();
+        HttpProvider {
+            name: name.into(),
+            base_url,
+            api_key,
+            client,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    fn bearer(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
+    /// `/instances/{id}` with the id percent-encoded, so an odd id from a provider or
+    /// a record cannot change the path.
+    fn instance_url(&self, id: &str) -> String {
+        let mut enc = String::with_capacity(id.len());
+        for b in id.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                enc.push(b as char);
+            } else {
+                enc.push_str(&format!("%{b:02X}"));
+            }
+        }
+        self.url(&format!("/instances/{enc}"))
+    }
+}
+
+fn transport(e: HttpError) -> ProviderError {
+    match e {
+        HttpError::Timeout(d) => ProviderError::Unavailable(format!("timed out after {d:?}")),
+        HttpError::Transport(m) => ProviderError::Unavailable(m),
+        HttpError::Request(m) => ProviderError::Rejected(m),
+    }
+}
+
+/// A short, printable excerpt of what the provider said, for error messages.
+fn excerpt(r: &HttpResponse) -> String {
+    let text = String::from_utf8_lossy(&r.body);
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(&r.body) {
+        return e.error;
+    }
+    let t: String = text.chars().take(200).collect();
+    if t.trim().is_empty() {
+        format!("HTTP {}", r.status.as_u16())
+    } else {
+        format!("HTTP {}: {}", r.status.as_u16(), t.trim())
+    }
+}
+
+/// Maps a non-success status onto the provider error taxonomy.
+fn status_error(r: &HttpResponse) -> ProviderError {
+    let s = r.status;
+    match s {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized(excerpt(r)),
+        StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
+            retry_after_secs: r
+                .header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+        },
+        StatusCode::CONFLICT
+            if serde_json::from_slice::<ErrorBody>(&r.body)
+                .is_ok_and(|e| e.error == "no_capacity") =>
+        {
+            ProviderError::NoCapacity
+        }
+        s if s.is_client_error() => ProviderError::Rejected(excerpt(r)),
+        _ => ProviderError::Unavailable(excerpt(r)),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(r: &HttpResponse) -> Result<T, ProviderError> {
+    r.json::<T>().map_err(ProviderError::Unavailable)
+}
+
+#[async_trait]
+impl Provider for HttpProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
+        let r = self
+            .client
+            .get(&self.url("/offers"), self.bearer())
+            .await
+            .map_err(transport)?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&r));
+        }
+        Ok(parse::<OffersResponse>(&r)?.offers)
+    }
+
+    async fn create_instance(&self, req: &CreateInstance) -> Result<Instance, ProviderError> {
+        let r = self
+            .client
+            .post_json(&self.url("/instances"), self.bearer(), req)
+            .await
+            .map_err(transport)?;
+        // 200 is accepted too: some pools answer an idempotent re-create that way.
+        if r.status != StatusCode::CREATED && r.status != StatusCode::OK {
+            return Err(status_error(&r));
+        }
+        parse(&r)
+    }
+
+    async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
+        let r = self
+            .client
+            .get(&self.instance_url(id), self.bearer())
+            .await
+            .map_err(transport)?;
+        match r.status {
+            StatusCode::OK => parse(&r).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error(&r)),
+        }
+    }
+
+    async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
+        let r = self
+            .client
+            .get(&self.url("/instances"), self.bearer())
+            .await
+            .map_err(transport)?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&r));
+        }
+        Ok(parse::<InstancesResponse>(&r)?.instances)
+    }
+
+    async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
+        let r = self
+            .client
+            .delete(&self.instance_url(id), self.bearer())
+            .await
+            .map_err(transport)?;
+        match r.status {
+            StatusCode::OK | StatusCode::ACCEPTED => parse(&r).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error(&r)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::providers::InstanceState;
+
+    type Reply = (u16, Vec<(&'static str, String)>, String);
+    type Handler = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;
+
+    /// A loopback server answering with `handler(method, path)`; it records the
+    /// `Authorization` headers it saw. `/slow` answers after two seconds.
+    async fn server(handler: Handler) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        let seen = seen.clone();
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            seen.lock().unwrap().push(auth);
+                            let path = req.uri().path().to_string();
+                            if path.ends_with("/slow/offers") {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                            let (status, headers, body) = handler(req.method().as_str(), &path);
+                            let mut resp = Response::builder().status(status);
+                            for (k, v) in headers {
+                                resp = resp.header(k, v);
+                            }
+                            Ok::<_, Infallible>(resp.body(Full::new(Bytes::from(body))).unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn instance_json(id: &str, state: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","offer_id":"o1","label":"rnt_1","state":"{state}","endpoint":null,"ssh":null,"created_at":"2026-01-01T00:00:00Z"}}"#
+        )
+    }
+
+    fn provider(base: &str, key: Option<&str>) -> HttpProvider {
+        HttpProvider::new(
+            "lab",
+            format!("{base}/pool/"),
+            key.map(str::to_string),
+            HttpClient::new(Duration::from_millis(300)),
+        )
+    }
+
+    #[tokio::test]
+    async fn happy_paths_and_not_found() {
+        let (base, seen) = server(Arc::new(|m, p| match (m, p) {
+            ("GET", "/pool/offers") => (
+                200,
+                vec![],
+                r#"{"offers":[{"id":"o1","gpu":"H100 SXM","gpu_count":8,"vram_gb":80,"vcpus":96,"ram_gb":1024,"disk_gb":2000,"region":"us-east-1","price_per_hour":19.123456,"on_demand_price_per_hour":null,"interruptible":true,"reliability":0.99,"available":2}]}"#.into(),
+            ),
+            ("POST", "/pool/instances") => (201, vec![], instance_json("i-1", "provisioning")),
+            ("GET", "/pool/instances") => (
+                200,
+                vec![],
+                format!(r#"{{"instances":[{}]}}"#, instance_json("i-1", "running")),
+            ),
+            ("GET", "/pool/instances/i-1") => (200, vec![], instance_json("i-1", "running")),
+            ("DELETE", "/pool/instances/i-1") => (200, vec![], instance_json("i-1", "terminating")),
+            _ => (404, vec![], r#"{"error":"not_found"}"#.into()),
+        }))
+        .await;
+        let p = provider(&base, Some("sekret"));
+        let offers = p.list_offers().await.unwrap();
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].price_per_hour.micros(), 19_123_456);
+        let req = CreateInstance {
+            offer_id: "o1".into(),
+            label: "rnt_1".into(),
+            ..CreateInstance::default()
+        };
+        assert_eq!(
+            p.create_instance(&req).await.unwrap().state,
+            InstanceState::Provisioning
+        );
+        assert_eq!(
+            p.list_instances().await.unwrap()[0].state,
+            InstanceState::Running
+        );
+        assert_eq!(p.get_instance("i-1").await.unwrap().unwrap().id, "i-1");
+        assert_eq!(p.get_instance("i-2").await.unwrap(), None);
+        assert_eq!(
+            p.terminate("i-1").await.unwrap().unwrap().state,
+            InstanceState::Terminating
+        );
+        assert_eq!(p.terminate("i-9").await.unwrap(), None);
+        // An id with a slash stays one path segment.
+        assert_eq!(p.get_instance("i-1/../x").await.unwrap(), None);
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 8);
+            assert!(
+                seen.iter().all(|a| a.as_deref() == Some("Bearer sekret")),
+                "{seen:?}"
+            );
+        }
+        let anon = provider(&base, None);
+        anon.list_offers().await.unwrap();
+        assert_eq!(seen.lock().unwrap().last(), Some(&None));
+    }
+
+    #[tokio::test]
+    async fn errors_map_onto_provider_errors() {
+        let (base, _) = server(Arc::new(|_m, p| match p {
+            "/nocap/instances" => (409, vec![], r#"{"error":"no_capacity"}"#.into()),
+            "/conflict/instances" => (409, vec![], r#"{"error":"label_taken"}"#.into()),
+            "/auth/offers" => (401, vec![], r#"{"error":"bad key"}"#.into()),
+            "/forbid/offers" => (403, vec![], String::new()),
+            "/limit/offers" => (429, vec![("retry-after", "7".into())], String::new()),
+            "/limit2/offers" => (429, vec![], String::new()),
+            "/bad/offers" => (422, vec![], "no such thing".into()),
+            "/down/offers" => (500, vec![], "<html>oops</html>".into()),
+            "/garbage/offers" => (200, vec![], r#"{"offers":[{"id":1}]"#.into()),
+            "/garbage/instances/x" => (200, vec![], "not json".into()),
+            "/money/offers" => (
+                200,
+                vec![],
+                r#"{"offers":[{"id":"o","gpu":"T4","gpu_count":1,"vram_gb":16,"vcpus":4,"ram_gb":16,"disk_gb":50,"region":"r","price_per_hour":0.1234567,"on_demand_price_per_hour":null,"interruptible":true,"reliability":1,"available":1}]}"#.into(),
+            ),
+            _ => (404, vec![], String::new()),
+        }))
+        .await;
+        let at = |path: &str| {
+            HttpProvider::new(
+                "x",
+                format!("{base}/{path}"),
+                None,
+                HttpClient::new(Duration::from_millis(300)),
+            )
+        };
+        let req = CreateInstance::default();
+        assert_eq!(
+            at("nocap").create_instance(&req).await,
+            Err(ProviderError::NoCapacity)
+        );
+        assert!(
+            matches!(at("conflict").create_instance(&req).await, Err(ProviderError::Rejected(m)) if m == "label_taken")
+        );
+        assert!(
+            matches!(at("auth").list_offers().await, Err(ProviderError::Unauthorized(m)) if m == "bad key")
+        );
+        assert!(matches!(
+            at("forbid").list_offers().await,
+            Err(ProviderError::Unauthorized(_))
+        ));
+        assert_eq!(
+            at("limit").list_offers().await,
+            Err(ProviderError::RateLimited {
+                retry_after_secs: Some(7)
+            })
+        );
+        assert_eq!(
+            at("limit2").list_offers().await,
+            Err(ProviderError::RateLimited {
+                retry_after_secs: None
+            })
+        );
+        assert!(
+            matches!(at("bad").list_offers().await, Err(ProviderError::Rejected(m)) if m.contains("no such thing"))
+        );
+        assert!(
+            matches!(at("down").list_offers().await, Err(ProviderError::Unavailable(m)) if m.contains("500"))
+        );
+        assert!(matches!(
+            at("garbage").list_offers().await,
+            Err(ProviderError::Unavailable(_))
+        ));
+        assert!(matches!(
+            at("garbage").get_instance("x").await,
+            Err(ProviderError::Unavailable(_))
+        ));
+        // A price with more than 6 decimals is refused, not rounded.
+        assert!(matches!(
+            at("money").list_offers().await,
+            Err(ProviderError::Unavailable(_))
+        ));
+        assert!(
+            matches!(at("slow").list_offers().await, Err(ProviderError::Unavailable(m)) if m.contains("timed out"))
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_unavailable() {
+        // Bind then drop: nothing listens on that port any more.
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let p = HttpProvider::new(
+            "x",
+            format!("http://{addr}"),
+            None,
+            HttpClient::new(Duration::from_millis(300)),
+        );
+        assert!(matches!(
+            p.list_offers().await,
+            Err(ProviderError::Unavailable(_))
+        ));
+        assert!(matches!(
+            p.terminate("i").await,
+            Err(ProviderError::Unavailable(_))
+        ));
+    }
+}
