@@ -98,6 +98,9 @@ impl Default for Billing {
 pub struct Deployments {
     pub idle_timeout_seconds: u64,
     pub provision_timeout_seconds: u64,
+    /// An upstream or deployment that sends no response headers within this many
+    /// seconds gets a 504.
+    pub upstream_timeout_seconds: u64,
 }
 
 impl Default for Deployments {
@@ -105,6 +108,7 @@ impl Default for Deployments {
         Deployments {
             idle_timeout_seconds: 900,
             provision_timeout_seconds: 900,
+            upstream_timeout_seconds: 120,
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::clock::Clock;
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::http_client::HttpClient;
 use crate::ids;
+use crate::inference::catalog::Catalog;
+use crate::inference::{reaper, Inference, InferenceConfig};
 use crate::market::Market;
 use crate::money::Usd;
 use crate::providers::registry::Registry;
@@ -26,6 +28,8 @@ use crate::workers;
 
 /// Credit of the sandbox's demo account.
 const DEMO_CREDIT_USD: i64 = 100;
+/// Cold start to ready, when no sandbox timing says better (real clouds: minutes).
+const DEFAULT_DEPLOY_ESTIMATE_SECONDS: u64 = 300;
 /// Timeout of every provider call.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -208,6 +212,60 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         workers_stop.clone(),
     ));
 
+    // Inference: the catalogue, the reaper, and redeploys after preemptions.
+    let hosted = sandbox_handle.as_ref().map(|h| {
+        (
+            h.hosted_base_url.clone(),
+            sandbox::HOSTED_MODELS
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+        )
+    });
+    let catalog = Catalog::build(
+        &cfg,
+        hosted.as_ref().map(|(b, m)| (b.as_str(), m.as_slice())),
+        |k| std::env::var(k).ok(),
+    )?;
+    let estimated_deploy_seconds = if cfg.sandbox_mode() {
+        cfg.sandbox.provision_seconds + cfg.sandbox.model_load_seconds
+    } else {
+        DEFAULT_DEPLOY_ESTIMATE_SECONDS
+    };
+    let inference = Arc::new(Inference::new(
+        catalog,
+        store.clone(),
+        market.clone(),
+        rentals.clone(),
+        clock.clone(),
+        HttpClient::new(Duration::from_secs(
+            cfg.deployments.upstream_timeout_seconds.max(1),
+        )),
+        InferenceConfig {
+            idle_timeout_seconds: cfg.deployments.idle_timeout_seconds,
+            upstream_timeout: Duration::from_secs(cfg.deployments.upstream_timeout_seconds.max(1)),
+            estimated_deploy_seconds,
+        },
+    ));
+    let (preempt_tx, mut preempt_rx) = tokio::sync::mpsc::unbounded_channel();
+    rentals.on_preempted(preempt_tx);
+    let redeployer = {
+        let inf = inference.clone();
+        let stop = workers_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = preempt_rx.recv() => match r {
+                        Some(r) => inf.redeploy(&r).await,
+                        None => break,
+                    },
+                }
+            }
+        })
+    };
+    let reaper_task = tokio::spawn(reaper::run(inference.clone(), workers_stop.clone()));
+
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let app = Arc::new(App::new(
         Arc::new(cfg.clone()),
@@ -215,6 +273,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         market,
         registry,
         rentals,
+        inference,
         clock,
         admin_hash,
     ));
@@ -230,6 +289,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = sync_task.await;
         let _ = rental_task.await;
+        let _ = reaper_task.await;
+        let _ = redeployer.await;
     })
     .await;
     if let Some(h) = sandbox_handle {

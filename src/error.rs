@@ -32,6 +32,15 @@ pub enum Error {
     /// 429.
     #[error("rate limit exceeded; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// 404 with code `model_not_found`, as OpenAI answers.
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// 502: an upstream or deployment failed or answered 5xx.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 504: an upstream or deployment did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// 503: a provider could not be reached or refused for its own reasons.
     #[error("{0}")]
     Unavailable(String),

@@ -73,25 +73,7 @@ impl HttpClient {
         extra_headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<HttpResponse, HttpError> {
-        let mut b = Request::builder().method(method).uri(url);
-        if let Some(t) = bearer {
-            let v = HeaderValue::from_str(&format!("Bearer {t}"))
-                .map_err(|_| HttpError::Request("the token is not a valid header value".into()))?;
-            b = b.header(AUTHORIZATION, v);
-        }
-        for (k, v) in extra_headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| HttpError::Request(e.to_string()))?;
-            let val = HeaderValue::from_str(v).map_err(|e| HttpError::Request(e.to_string()))?;
-            b = b.header(name, val);
-        }
-        let has_body = body.is_some();
-        if has_body {
-            b = b.header(CONTENT_TYPE, "application/json");
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| HttpError::Request(e.to_string()))?;
+        let req = build_request(method, url, bearer, extra_headers, body)?;
         let fut = async {
             let resp = self
                 .inner
@@ -116,6 +98,26 @@ impl HttpClient {
         }
     }
 
+    /// Sends a request and answers as soon as the response headers arrive (within the
+    /// timeout); the body streams from the returned response. Dropping the response
+    /// cancels the request. For proxying.
+    pub async fn send_streaming(
+        &self,
+        method: Method,
+        url: &str,
+        bearer: Option<&str>,
+        extra_headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
+        let req = build_request(method, url, bearer, extra_headers, Some(body))?;
+        match tokio::time::timeout(timeout, self.inner.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(HttpError::Transport(describe(&e))),
+            Err(_) => Err(HttpError::Timeout(timeout)),
+        }
+    }
+
     pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<HttpResponse, HttpError> {
         self.send(Method::GET, url, bearer, &[], None).await
     }
@@ -133,6 +135,32 @@ impl HttpClient {
     pub async fn delete(&self, url: &str, bearer: Option<&str>) -> Result<HttpResponse, HttpError> {
         self.send(Method::DELETE, url, bearer, &[], None).await
     }
+}
+
+fn build_request(
+    method: Method,
+    url: &str,
+    bearer: Option<&str>,
+    extra_headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<Request<Full<Bytes>>, HttpError> {
+    let mut b = Request::builder().method(method).uri(url);
+    if let Some(t) = bearer {
+        let v = HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| HttpError::Request("the token is not a valid header value".into()))?;
+        b = b.header(AUTHORIZATION, v);
+    }
+    for (k, v) in extra_headers {
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|e| HttpError::Request(e.to_string()))?;
+        let val = HeaderValue::from_str(v).map_err(|e| HttpError::Request(e.to_string()))?;
+        b = b.header(name, val);
+    }
+    if body.is_some() {
+        b = b.header(CONTENT_TYPE, "application/json");
+    }
+    b.body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| HttpError::Request(e.to_string()))
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {

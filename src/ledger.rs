@@ -181,6 +181,36 @@ pub fn charge_rental(
     Ok(())
 }
 
+/// Charges a hosted inference request, capped at what is available (a request that
+/// already ran cannot be refused; `available` still never goes below zero). Answers
+/// what was charged.
+pub fn charge_request(
+    tx: &Tx<'_>,
+    account: &mut Account,
+    amount: Usd,
+    request_id: &str,
+    note: String,
+    now: Millis,
+) -> Result<Usd> {
+    let charged = amount.min(account.available()).max(Usd::ZERO);
+    if charged == Usd::ZERO {
+        return Ok(charged);
+    }
+    append(
+        tx,
+        account,
+        LedgerKind::Charge,
+        -charged,
+        Refs {
+            request_id: Some(request_id),
+            note: Some(note),
+            ..Refs::default()
+        },
+        now,
+    )?;
+    Ok(charged)
+}
+
 /// Whole seconds of billable use from `started_at` to `upto` (partial seconds free).
 pub fn billable_seconds(started_at: Millis, upto: Millis) -> u64 {
     if upto <= started_at {

@@ -75,6 +75,33 @@ pub fn to_parts(e: &Error) -> Parts {
             None,
             e.to_string(),
         ),
+        Error::ModelNotFound(m) => (
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            Some("model".to_string()),
+            m.clone(),
+        ),
+        Error::BadGateway(m) => {
+            tracing::warn!(error = %m, "upstream failure");
+            (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "bad_gateway",
+                None,
+                m.clone(),
+            )
+        }
+        Error::GatewayTimeout(m) => {
+            tracing::warn!(error = %m, "upstream timeout");
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+                None,
+                m.clone(),
+            )
+        }
         Error::Unavailable(m) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "service_unavailable",

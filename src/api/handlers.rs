@@ -61,6 +61,44 @@ fn parse_limit(v: &str, max: usize) -> Result<usize> {
         })
 }
 
+/// The OpenAI-compatible routes, which answer their own responses (streams, 202).
+/// `None` when the route is not one of them.
+pub async fn inference(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    account: &Account,
+) -> Option<Result<hyper::Response<super::Body>>> {
+    use crate::inference::{prefer_wait, Endpoint};
+    let s: Vec<&str> = ctx.segs.iter().map(String::as_str).collect();
+    let ep = match (&ctx.method, &s[1..]) {
+        (&Method::POST, ["chat", "completions"]) => Endpoint::Chat,
+        (&Method::POST, ["completions"]) => Endpoint::Completions,
+        (&Method::POST, ["embeddings"]) => Endpoint::Embeddings,
+        (&Method::GET, ["models"]) => {
+            return Some(
+                app.inference
+                    .list_models(&account.id)
+                    .await
+                    .map(|v| super::router::json_response(StatusCode::OK, &v)),
+            )
+        }
+        (&Method::GET, ["models", id]) => {
+            return Some(
+                app.inference
+                    .get_model(&account.id, id)
+                    .await
+                    .map(|v| super::router::json_response(StatusCode::OK, &v)),
+            )
+        }
+        _ => return None,
+    };
+    Some(
+        app.inference
+            .handle(&account.id, ep, &ctx.body, prefer_wait(&ctx.headers))
+            .await,
+    )
+}
+
 pub async fn user(app: &Arc<App>, ctx: &Ctx, account: &Account, key: &ApiKey) -> Result<Reply> {
     let _ = key;
     let s: Vec<&str> = ctx.segs.iter().map(String::as_str).collect();

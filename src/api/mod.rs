@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::inference::Inference;
 use crate::market::Market;
 use crate::providers::registry::Registry;
 use crate::rentals::Rentals;
@@ -44,6 +45,7 @@ pub struct App {
     pub market: Market,
     pub registry: Arc<Registry>,
     pub rentals: Rentals,
+    pub inference: Arc<Inference>,
     pub clock: Clock,
     /// SHA-256 hex of the admin token.
     pub admin_hash: String,
@@ -53,12 +55,14 @@ pub struct App {
 }
 
 impl App {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
         store: Store,
         market: Market,
         registry: Arc<Registry>,
         rentals: Rentals,
+        inference: Arc<Inference>,
         clock: Clock,
         admin_hash: String,
     ) -> App {
@@ -73,6 +77,7 @@ impl App {
             market,
             registry,
             rentals,
+            inference,
             clock,
             admin_hash,
             limiter,

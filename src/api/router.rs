@@ -52,7 +52,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
     let resp = match dispatch(&app, req).await {
-        Ok((status, v)) => json_response(status, &v),
+        Ok(r) => r,
         Err(e) => error_response(&e),
     };
     let status = resp.status().as_u16();
@@ -189,7 +189,7 @@ async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Cal
     Ok(caller)
 }
 
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply> {
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let segs = split_path(req.uri().path())?;
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
@@ -197,8 +197,14 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply> {
 
     // Unauthenticated.
     match (&method, s.as_slice()) {
-        (&Method::GET, ["healthz"]) => return Ok(handlers::healthz()),
-        (&Method::GET, ["readyz"]) => return handlers::readyz(app).await,
+        (&Method::GET, ["healthz"]) => {
+            let (st, v) = handlers::healthz();
+            return Ok(json_response(st, &v));
+        }
+        (&Method::GET, ["readyz"]) => {
+            let (st, v) = handlers::readyz(app).await?;
+            return Ok(json_response(st, &v));
+        }
         _ => {}
     }
     let admin = matches!(s.first(), Some(&"admin")) || s == ["metrics"];
@@ -217,10 +223,16 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply> {
         headers: parts.headers,
         body,
     };
-    match caller {
-        Caller::Admin => handlers::admin(app, &ctx).await,
-        Caller::User(account, key) => handlers::user(app, &ctx, &account, &key).await,
-    }
+    let (status, v) = match caller {
+        Caller::Admin => handlers::admin(app, &ctx).await?,
+        Caller::User(account, key) => {
+            if let Some(resp) = handlers::inference(app, &ctx, &account).await {
+                return resp;
+            }
+            handlers::user(app, &ctx, &account, &key).await?
+        }
+    };
+    Ok(json_response(status, &v))
 }
 
 /// Runs `f` at most once per `Idempotency-Key` (SPEC section 3): the same key and body

@@ -364,6 +364,10 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
         cfg.deployments.provision_timeout_seconds >= 1,
         "deployments.provision_timeout_seconds: must be >= 1".into(),
     );
+    check(
+        cfg.deployments.upstream_timeout_seconds >= 1,
+        "deployments.upstream_timeout_seconds: must be >= 1".into(),
+    );
     let s = &cfg.sandbox;
     check(
         (0.0..1.0).contains(&s.price_drift),

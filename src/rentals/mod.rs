@@ -64,6 +64,8 @@ pub struct Rentals {
     pub(crate) registry: Arc<Registry>,
     pub(crate) clock: Clock,
     pub(crate) cfg: RentalsConfig,
+    /// Told about every deployment (rental with `model`) that was preempted.
+    preempted: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Rental>>>,
 }
 
 impl Rentals {
@@ -80,6 +82,20 @@ impl Rentals {
             registry,
             clock,
             cfg,
+            preempted: Arc::default(),
+        }
+    }
+
+    /// Preempted deployments are sent here (inference redeploys them).
+    pub fn on_preempted(&self, tx: tokio::sync::mpsc::UnboundedSender<Rental>) {
+        let _ = self.preempted.set(tx);
+    }
+
+    pub(crate) fn notify_preempted(&self, r: &Rental) {
+        if r.model.is_some() && r.termination_reason == Some(TerminationReason::Preempted) {
+            if let Some(tx) = self.preempted.get() {
+                let _ = tx.send(r.clone());
+            }
         }
     }
 

@@ -205,15 +205,21 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
             }
             res.map(|_| ())
         }
-        Step::Interrupt(reason, at) => rs
-            .update(&id, None, move |tx, a, r, now| {
-                if r.state != RentalState::Running {
-                    return Ok(());
-                }
-                lifecycle::interrupt(tx, a, r, reason, at, now)
-            })
-            .await
-            .map(|_| ()),
+        Step::Interrupt(reason, at) => {
+            let res = rs
+                .update(&id, None, move |tx, a, r, now| {
+                    if r.state != RentalState::Running {
+                        return Ok(false);
+                    }
+                    lifecycle::interrupt(tx, a, r, reason, at, now)?;
+                    Ok(true)
+                })
+                .await;
+            if let Ok((r, true)) = &res {
+                rs.notify_preempted(r);
+            }
+            res.map(|_| ())
+        }
         Step::Teardown(reason) => rs.teardown(None, &id, reason).await.map(|_| ()),
         Step::Terminate => {
             rs.try_terminate(r).await;
