@@ -70,8 +70,11 @@ fn sse(content: &str) -> String {
     )
 }
 
-fn config(dead: &str, silent: &str, five: &str, cut: &str, slow: &str) -> String {
+fn config(dead: &str, silent: &str, five: &str, cut: &str, slow: &str, keyed: &str) -> String {
     let mut s = String::from("[deployments]\nupstream_timeout_seconds = 2\n");
+    s.push_str(&format!(
+        "[[upstreams]]\nname = \"keyed\"\nbase_url = \"{keyed}\"\napi_key_env = \"UPSTREAM_TEST_KEY\"\nmodels = [\"keyed-model\"]\n"
+    ));
     for (name, url) in [
         ("dead", dead),
         ("silent", silent),
@@ -133,7 +136,26 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    let d = Daemon::start(&config(&dead, &silent, &five, &cut, &slow));
+    // Answers with the Authorization header it received, as the completion text.
+    let keyed = upstream(|mut s| {
+        let req = read_request(&mut s);
+        let auth = req
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("authorization: ")
+                    .or_else(|| l.strip_prefix("Authorization: "))
+            })
+            .unwrap_or("none")
+            .to_string();
+        let b = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "keyed-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": auth}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        .to_string();
+        let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len());
+    });
+    // The variable is read by the daemon child process (spawned after this).
+    std::env::set_var("UPSTREAM_TEST_KEY", "upstream-secret-123");
+    let d = Daemon::start(&config(&dead, &silent, &five, &cut, &slow, &keyed));
     let key = d.demo_key.clone();
     let post = |m: &'static str, stream: bool| {
         d.call_h(
@@ -144,6 +166,13 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
             Some(body(m, stream)),
         )
     };
+    let r = post("keyed-model", false).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = r.body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        seen, "Bearer upstream-secret-123",
+        "the upstream gets its own key, never the caller's"
+    );
     let (bal0, _, _) = d.assert_books_balance(&key).await;
 
     let r = post("dead-model", false).await;
