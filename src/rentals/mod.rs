@@ -376,6 +376,13 @@ impl Rentals {
                         format!("rental {} is {}", r.id, r.state.as_str()),
                     ));
                 }
+                // Check before writing: the new hold must fit once the old one is freed.
+                let new_hold = ledger::hold_for(offer.price_per_hour, min);
+                if new_hold > a.available() + r.held() {
+                    return Err(Error::InsufficientCredit(format!(
+                        "insufficient credit: the next offer needs a hold of {new_hold} USD"
+                    )));
+                }
                 ledger::release_hold(tx, a, r, now)?;
                 r.provider = offer.provider.clone();
                 r.price_per_hour = offer.price_per_hour;

@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod tables;
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc;
@@ -51,7 +52,8 @@ db_err!(
 
 /// What the writer runs: the operation, returning what to do once the commit is known.
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Op = Box<dyn FnOnce(&Tx<'_>) -> Completion + Send>;
+/// Runs one operation; answers its completion and whether it failed after writing.
+type Op = Box<dyn FnOnce(&Tx<'_>) -> (Completion, bool) + Send>;
 
 enum Job {
     Run(Op),
@@ -125,15 +127,18 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel::<Result<R, E>>();
         let job: Op = Box::new(move |t: &Tx<'_>| {
+            t.wrote.set(false);
             let r = f(t);
-            Box::new(move |commit: Result<(), StoreError>| {
+            let dirty_failure = r.is_err() && t.wrote.get();
+            let c = Box::new(move |commit: Result<(), StoreError>| {
                 let out = match (r, commit) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Err(e), _) => Err(e),
                     (Ok(_), Err(c)) => Err(E::from(c)),
                 };
                 let _ = tx.send(out);
-            }) as Completion
+            }) as Completion;
+            (c, dirty_failure)
         });
         self.jobs
             .send(Job::Run(job))
@@ -175,7 +180,10 @@ impl Store {
     {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
         let r = {
-            let tx = Tx { txn: &txn };
+            let tx = Tx {
+                txn: &txn,
+                wrote: Cell::new(false),
+            };
             f(&tx)
         };
         match r {
@@ -245,8 +253,9 @@ fn run_batch(db: &Database, pending: Vec<Op>) {
     }
     {
         let mut queue = pending.into_iter();
-        // A panicking operation aborts its transaction; the operations after it run in
-        // a fresh one, so one bug cannot take the others' writes with it.
+        // An operation that panics, or returns an error after it wrote, aborts its
+        // transaction (its partial writes must not land); the operations before it in
+        // the batch answer an error, the ones after it run in a fresh transaction.
         loop {
             let txn = match db.begin_write() {
                 Ok(t) => t,
@@ -263,18 +272,30 @@ fn run_batch(db: &Database, pending: Vec<Op>) {
             };
             let mut done: Vec<Completion> = Vec::new();
             let mut panicked = false;
-            let tx = Tx { txn: &txn };
+            let tx = Tx {
+                txn: &txn,
+                wrote: Cell::new(false),
+            };
             for job in queue.by_ref() {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
-                    Ok(c) => done.push(c),
+                    Ok((c, false)) => done.push(c),
+                    Ok((c, true)) => {
+                        // Its own caller gets its own error from the completion.
+                        tracing::error!(
+                            "a store operation failed after writing; its batch is rolled back"
+                        );
+                        c(Ok(()));
+                        panicked = true;
+                        break;
+                    }
                     Err(_) => {
+                        tracing::error!("a store operation panicked; its batch is rolled back");
                         panicked = true;
                         break;
                     }
                 }
             }
             if panicked {
-                tracing::error!("a store operation panicked; its batch is rolled back");
                 let _ = txn.abort();
                 for c in done {
                     c(Err(StoreError::Db(
@@ -295,6 +316,8 @@ fn run_batch(db: &Database, pending: Vec<Op>) {
 /// A write transaction handed to a [`Store::write`] closure.
 pub struct Tx<'a> {
     txn: &'a WriteTransaction,
+    /// Set by every write, so a failing operation that wrote can be rolled back.
+    wrote: Cell<bool>,
 }
 
 /// A read snapshot handed to a [`Store::read`] closure.
@@ -453,13 +476,20 @@ fn put<T: Serialize>(
 }
 
 impl Tx<'_> {
+    fn mark(&self) {
+        self.wrote.set(true);
+    }
+
     pub fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
+        self.mark();
         put(self.txn, META, key, v)
     }
     pub fn put_account(&self, a: &Account) -> Result<(), StoreError> {
+        self.mark();
         put(self.txn, ACCOUNTS, &a.id, a)
     }
     pub fn put_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        self.mark();
         put(self.txn, API_KEYS, &k.hash, k)?;
         self.txn
             .open_table(API_KEY_IDS)?
@@ -468,6 +498,7 @@ impl Tx<'_> {
     }
     /// Replaces every offer of `provider` with `offers`.
     pub fn replace_offers(&self, provider: &str, offers: &[Offer]) -> Result<(), StoreError> {
+        self.mark();
         let mut t = self.txn.open_table(OFFERS)?;
         let prefix = format!("{provider}:");
         let stale: Vec<String> = {
@@ -493,6 +524,7 @@ impl Tx<'_> {
     }
     /// Writes a rental and keeps the account and active indexes in step with it.
     pub fn put_rental(&self, r: &Rental) -> Result<(), StoreError> {
+        self.mark();
         put(self.txn, RENTALS, &r.id, r)?;
         self.txn
             .open_table(ACCOUNT_RENTALS)?
@@ -506,6 +538,7 @@ impl Tx<'_> {
         Ok(())
     }
     pub fn put_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+        self.mark();
         let bytes = codec::encode(e)?;
         self.txn
             .open_table(LEDGER)?
@@ -518,6 +551,8 @@ impl Tx<'_> {
         key: &str,
         rec: &IdempotencyRecord,
     ) -> Result<(), StoreError> {
+        self.mark();
+        self.mark();
         let bytes = codec::encode(rec)?;
         self.txn
             .open_table(IDEMPOTENCY)?
@@ -592,6 +627,26 @@ mod tests {
             "the panicked operation's write must be rolled back"
         );
         assert_eq!(a, Some(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_operation_that_fails_after_writing_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let bad = store
+            .write(|tx| -> Result<(), StoreError> {
+                tx.put_meta("half", &1u32)?;
+                Err(StoreError::Db("refused after writing".into()))
+            })
+            .await;
+        assert!(bad.is_err());
+        store.write(|tx| tx.put_meta("next", &2u32)).await.unwrap();
+        let (h, n): (Option<u32>, Option<u32>) = store
+            .read(|rx| Ok::<_, StoreError>((rx.meta("half")?, rx.meta("next")?)))
+            .await
+            .unwrap();
+        assert_eq!(h, None, "a failed operation's writes must be rolled back");
+        assert_eq!(n, Some(2));
     }
 
     #[test]
