@@ -234,7 +234,24 @@ impl Rentals {
         for (i, offer) in candidates.iter().enumerate() {
             let mut rental = rental.clone();
             if i > 0 {
-                rental = self.move_to_offer(&rental.id, offer.clone()).await?;
+                rental = match self.move_to_offer(&rental.id, offer.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.update(&rental.id, None, move |tx, a, r, now| {
+                            lifecycle::fail(
+                                tx,
+                                a,
+                                r,
+                                TerminationReason::ProvisionFailed,
+                                Some(msg),
+                                now,
+                            )
+                        })
+                        .await?;
+                        return Err(e);
+                    }
+                };
             }
             let provider = self.provider(&offer.provider)?;
             let create = CreateInstance {
