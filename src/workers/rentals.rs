@@ -17,6 +17,9 @@ use crate::model::{Rental, RentalState, TerminationReason};
 use crate::providers::{Instance, InstanceState};
 use crate::rentals::{lifecycle, Rentals};
 
+/// How often a running rental's `seen_running_at` is written.
+const SEEN_EVERY_MS: i64 = 5_000;
+
 /// A label spotd gave an instance.
 fn is_spotd_label(label: &str) -> bool {
     label.starts_with("rnt_")
@@ -125,7 +128,13 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
                         return Step::Teardown(TerminationReason::Idle);
                     }
                 }
-                Step::Seen
+                // Recorded every few seconds, not every poll: it only bounds how much
+                // of a vanished instance's last moments is billed.
+                if now - r.seen_running_at.unwrap_or(0) >= SEEN_EVERY_MS {
+                    Step::Seen
+                } else {
+                    Step::Nothing
+                }
             }
             Some(i) if i.state.is_gone() || i.state == InstanceState::Terminating => {
                 let reason = if i.state == InstanceState::Interrupted {
