@@ -50,6 +50,8 @@
 
 mod catalog;
 mod llm;
+#[cfg(test)]
+mod model_tests;
 mod server;
 mod sim;
 mod store;
