@@ -293,11 +293,27 @@ pub fn embeddings(body: &[u8], serves: &dyn Fn(&str) -> bool) -> Reply {
         },
         _ => return bad_request("'input' must be a string or a non-empty array of strings"),
     };
+    // The openai SDKs ask for base64 (little-endian f32) unless told otherwise.
+    let base64 = match req.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(v) if v == "float" => false,
+        Some(v) if v == "base64" => true,
+        Some(_) => return bad_request("'encoding_format' must be 'float' or 'base64'"),
+    };
     let tokens: usize = inputs.iter().map(|s| words(s).count()).sum();
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, s)| json!({"object": "embedding", "index": i, "embedding": embedding(s)}))
+        .map(|(i, s)| {
+            let v = embedding(s);
+            let e = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                json!(base64_encode(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": e})
+        })
         .collect();
     Reply::json(
         StatusCode::OK,
@@ -316,6 +332,28 @@ pub fn embedding(input: &str) -> Vec<f64> {
             ((unit * 2.0 - 1.0) * 1e6).round() / 1e6
         })
         .collect()
+}
+
+/// Standard base64 with padding (no crate for a dozen lines).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -413,5 +451,20 @@ mod tests {
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         let r = embeddings(br#"{"model": "m-fail", "input": "a"}"#, &|m| m == "m");
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let r = embeddings(
+            br#"{"model": "m", "input": "a", "encoding_format": "hex"}"#,
+            &|m| m == "m",
+        );
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(&[0xff, 0xfe, 0x00]), "//4A");
     }
 }

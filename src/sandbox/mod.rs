@@ -21,7 +21,8 @@
 //!   model answers all four.
 //! - `/hosted/v1/{models,chat/completions,completions,embeddings}`: the hosted upstream;
 //!   chat for `HOSTED_MODELS`, embeddings for `HOSTED_EMBEDDING_MODELS`, `/models`
-//!   lists both.
+//!   lists both. Embeddings are 8 floats from a hash of each input, or base64 of
+//!   little-endian f32 with `encoding_format: "base64"` (the openai SDKs' default).
 //!
 //! Model servers stream for real: `stream: true` answers server-sent events written one
 //! per word as they are produced (`SPOTD_SANDBOX_STREAM_DELAY_MS` apart, 5 ms unless
