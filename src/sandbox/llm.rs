@@ -4,18 +4,26 @@
 //! It does not generate anything: the reply is a fixed sentence naming the model and
 //! echoing the start of the last prompt, cut at `max_tokens`. Token counts are honest
 //! for this toy tokenizer (one token per whitespace-separated word), so billing by
-//! `usage` can be checked exactly. `stream: true` answers server-sent events, with a
-//! final usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
+//! `usage` can be checked exactly, and a streamed answer's usage chunk says exactly what
+//! the plain answer to the same request says. This module only computes answers and
+//! their chunks; `stream` paces them onto the wire. Embeddings are 8 floats derived
+//! from a hash of each input, so the same input always gets the same vector.
 
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
+use super::catalog::str_key;
 use super::server::Reply;
+use super::sim::mix;
 
 /// Words of the last prompt echoed back.
 const ECHO_WORDS: usize = 12;
 /// Reply length when the request sets no `max_tokens`.
 const DEFAULT_MAX_TOKENS: u64 = 256;
+/// Dimensions of a sandbox embedding.
+pub const EMBEDDING_DIMS: usize = 8;
+/// A model whose name ends with this answers 500 (fault injection for tests).
+pub const FAIL_SUFFIX: &str = "-fail";
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -29,6 +37,10 @@ pub fn error(status: StatusCode, kind: &str, message: &str) -> Reply {
         status,
         &json!({"error": {"message": message, "type": kind, "code": null, "param": null}}),
     )
+}
+
+fn bad_request(message: &str) -> Reply {
+    error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
 }
 
 /// `GET /models`.
@@ -87,37 +99,64 @@ fn prompt(kind: Kind, req: &Value) -> Result<(String, String), &'static str> {
     }
 }
 
-/// Answers `/chat/completions` or `/completions`. `serves` decides whether the
-/// requested model is served here; `now_secs` is the `created` field.
-pub fn complete(kind: Kind, body: &[u8], serves: &dyn Fn(&str) -> bool, now_secs: i64) -> Reply {
+/// The body as a JSON object and its `model`, after the `-fail` and `serves` checks.
+fn open_request(body: &[u8], serves: &dyn Fn(&str) -> bool) -> Result<(Value, String), Reply> {
     let req: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "the body must be a JSON object",
-            )
-        }
+        _ => return Err(bad_request("the body must be a JSON object")),
     };
-    let Some(model) = req.get("model").and_then(Value::as_str) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "'model' is required",
-        );
+    let Some(model) = req.get("model").and_then(Value::as_str).map(String::from) else {
+        return Err(bad_request("'model' is required"));
     };
-    if !serves(model) {
-        return error(
+    // Checked before `serves` so any server, hosted or an instance, can be made to fail.
+    if model.ends_with(FAIL_SUFFIX) {
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "simulated upstream failure (the model name ends with -fail)",
+        ));
+    }
+    if !serves(&model) {
+        return Err(error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             &format!("The model '{model}' does not exist here."),
-        );
+        ));
     }
-    let (all, last) = match prompt(kind, &req) {
-        Ok(p) => p,
-        Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
-    };
+    Ok((req, model))
+}
+
+/// A computed completion: everything needed for the plain body or the chunks.
+pub struct Answer {
+    kind: Kind,
+    id: String,
+    model: String,
+    created: i64,
+    /// The words produced, in order (one token each).
+    out: Vec<String>,
+    finish: &'static str,
+    prompt_tokens: usize,
+    pub stream: bool,
+    include_usage: bool,
+}
+
+/// One server-sent event of a streamed answer.
+pub struct Event {
+    pub data: Value,
+    /// Carries a piece of the answer text (what `x-sandbox-cut-after` counts).
+    pub content: bool,
+}
+
+/// Parses `/chat/completions` or `/completions`. `serves` decides whether the requested
+/// model is served here; `now_secs` is the `created` field. Errors are ready replies.
+pub fn complete(
+    kind: Kind,
+    body: &[u8],
+    serves: &dyn Fn(&str) -> bool,
+    now_secs: i64,
+) -> Result<Answer, Reply> {
+    let (req, model) = open_request(body, serves)?;
+    let (all, last) = prompt(kind, &req).map_err(bad_request)?;
     let max = req
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
@@ -130,110 +169,209 @@ pub fn complete(kind: Kind, body: &[u8], serves: &dyn Fn(&str) -> bool, now_secs
     );
     let full: Vec<&str> = words(&sentence).collect();
     let cut = usize::try_from(max).unwrap_or(usize::MAX).min(full.len());
-    let out = &full[..cut];
-    let finish = if cut < full.len() { "length" } else { "stop" };
-    let prompt_tokens = words(&all).count();
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": out.len(),
-        "total_tokens": prompt_tokens + out.len(),
-    });
-    let id = format!(
-        "{}-{:016x}",
-        if kind == Kind::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        },
-        super::catalog::str_key(&String::from_utf8_lossy(body))
-    );
-    let text = out.join(" ");
-    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    if !stream {
-        let (object, choice) = match kind {
+    let prefix = if kind == Kind::Chat {
+        "chatcmpl"
+    } else {
+        "cmpl"
+    };
+    Ok(Answer {
+        kind,
+        id: format!("{prefix}-{:016x}", str_key(&String::from_utf8_lossy(body))),
+        created: now_secs,
+        out: full[..cut].iter().map(|w| w.to_string()).collect(),
+        finish: if cut < full.len() { "length" } else { "stop" },
+        prompt_tokens: words(&all).count(),
+        stream: req.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        include_usage: req
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        model,
+    })
+}
+
+impl Answer {
+    pub fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.out.len(),
+            "total_tokens": self.prompt_tokens + self.out.len(),
+        })
+    }
+
+    /// The whole answer text.
+    pub fn text(&self) -> String {
+        self.out.join(" ")
+    }
+
+    /// The non-streamed answer body.
+    pub fn body(&self) -> Value {
+        let text = self.text();
+        let (object, choice) = match self.kind {
             Kind::Chat => (
                 "chat.completion",
-                json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}),
+                json!({"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
+                       "logprobs": null, "finish_reason": self.finish}),
             ),
             Kind::Completion => (
                 "text_completion",
-                json!({"index": 0, "text": text, "finish_reason": finish}),
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": self.finish}),
             ),
         };
-        return Reply::json(
-            StatusCode::OK,
-            &json!({"id": id, "object": object, "created": now_secs, "model": model,
-                    "choices": [choice], "usage": usage}),
-        );
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
+               "choices": [choice], "usage": self.usage()})
     }
-    let include_usage = req
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let object = match kind {
-        Kind::Chat => "chat.completion.chunk",
-        Kind::Completion => "text_completion",
-    };
-    let chunk = |choices: Value| {
-        let mut c = json!({"id": id, "object": object, "created": now_secs, "model": model, "choices": choices});
-        if include_usage {
-            c["usage"] = Value::Null;
-        }
-        c
-    };
-    let mut events = Vec::new();
-    if kind == Kind::Chat {
-        events.push(chunk(
-            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
-        ));
-    }
-    for (i, w) in out.iter().enumerate() {
-        let piece = if i == 0 {
-            (*w).to_string()
-        } else {
-            format!(" {w}")
+
+    /// The streamed answer as OpenAI sends it: for chat a role chunk, one chunk per
+    /// word, a chunk with an empty delta and the `finish_reason`, and, only when
+    /// `stream_options.include_usage` is set, a usage chunk with `choices: []` (every
+    /// other chunk then carries `"usage": null`). `data: [DONE]` is the caller's.
+    pub fn events(&self) -> Vec<Event> {
+        let object = match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
         };
-        events.push(chunk(match kind {
-            Kind::Chat => json!([{"index": 0, "delta": {"content": piece}, "finish_reason": null}]),
-            Kind::Completion => json!([{"index": 0, "text": piece, "finish_reason": null}]),
-        }));
+        let chunk = |choices: Value| {
+            let mut c = json!({"id": self.id, "object": object, "created": self.created,
+                               "model": self.model, "system_fingerprint": null, "choices": choices});
+            if self.include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        let choice = |content: Option<&str>, finish: Option<&str>| match self.kind {
+            Kind::Chat => {
+                let delta = content.map_or(json!({}), |c| json!({"content": c}));
+                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+            }
+            Kind::Completion => {
+                json!([{"index": 0, "text": content.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
+            }
+        };
+        let mut events = Vec::with_capacity(self.out.len() + 3);
+        if self.kind == Kind::Chat {
+            events.push(Event {
+                data: chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": null},
+                                    "logprobs": null, "finish_reason": null}])),
+                content: false,
+            });
+        }
+        for (i, w) in self.out.iter().enumerate() {
+            let piece = if i == 0 { w.clone() } else { format!(" {w}") };
+            events.push(Event {
+                data: chunk(choice(Some(&piece), None)),
+                content: true,
+            });
+        }
+        events.push(Event {
+            data: chunk(choice(None, Some(self.finish))),
+            content: false,
+        });
+        if self.include_usage {
+            let mut last = chunk(json!([]));
+            last["usage"] = self.usage();
+            events.push(Event {
+                data: last,
+                content: false,
+            });
+        }
+        events
     }
-    events.push(chunk(match kind {
-        Kind::Chat => json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
-        Kind::Completion => json!([{"index": 0, "text": "", "finish_reason": finish}]),
-    }));
-    if include_usage {
-        let mut last = chunk(json!([]));
-        last["usage"] = usage;
-        events.push(last);
+}
+
+/// `POST /embeddings`: `input` is a string or an array of strings.
+pub fn embeddings(body: &[u8], serves: &dyn Fn(&str) -> bool) -> Reply {
+    let (req, model) = match open_request(body, serves) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    let inputs: Vec<&str> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) if !a.is_empty() => match a.iter().map(Value::as_str).collect() {
+            Some(v) => v,
+            None => return bad_request("'input' must be a string or an array of strings"),
+        },
+        _ => return bad_request("'input' must be a string or a non-empty array of strings"),
+    };
+    // The openai SDKs ask for base64 (little-endian f32) unless told otherwise.
+    let base64 = match req.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(v) if v == "float" => false,
+        Some(v) if v == "base64" => true,
+        Some(_) => return bad_request("'encoding_format' must be 'float' or 'base64'"),
+    };
+    let tokens: usize = inputs.iter().map(|s| words(s).count()).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let v = embedding(s);
+            let e = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                json!(base64_encode(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": e})
+        })
+        .collect();
+    Reply::json(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    )
+}
+
+/// The vector of `input`: each dimension a hash of (input, dimension) mapped to
+/// [-1, 1) and rounded to 6 decimals so its JSON text is short and stable.
+pub fn embedding(input: &str) -> Vec<f64> {
+    let key = str_key(input);
+    (0..EMBEDDING_DIMS as u64)
+        .map(|d| {
+            let unit = (mix(&[key, d]) >> 11) as f64 / (1u64 << 53) as f64;
+            ((unit * 2.0 - 1.0) * 1e6).round() / 1e6
+        })
+        .collect()
+}
+
+/// Standard base64 with padding (no crate for a dozen lines).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
     }
-    let mut sse = String::new();
-    for e in events {
-        sse.push_str("data: ");
-        sse.push_str(&e.to_string());
-        sse.push_str("\n\n");
-    }
-    sse.push_str("data: [DONE]\n\n");
-    Reply::sse(sse)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn call(kind: Kind, body: Value) -> (StatusCode, String) {
-        let r = complete(kind, body.to_string().as_bytes(), &|m| m == "m", 7);
-        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    fn call(kind: Kind, body: Value) -> Result<Answer, StatusCode> {
+        complete(kind, body.to_string().as_bytes(), &|m| m == "m", 7).map_err(|r| r.status)
     }
 
     #[test]
     fn chat_counts_words_honestly() {
-        let (s, b) = call(
+        let a = call(
             Kind::Chat,
             json!({"model": "m", "messages": [{"role": "user", "content": "hello there  world"}]}),
-        );
-        assert_eq!(s, StatusCode::OK);
-        let v: Value = serde_json::from_str(&b).unwrap();
+        )
+        .unwrap();
+        let v = a.body();
         let text = v["choices"][0]["message"]["content"].as_str().unwrap();
         assert_eq!(
             text,
@@ -242,48 +380,91 @@ mod tests {
         assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(3));
         assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(11));
         assert_eq!(v["usage"]["total_tokens"].as_u64(), Some(14));
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
     }
 
     #[test]
-    fn max_tokens_cuts_and_streams_with_usage() {
-        let (s, b) = call(
-            Kind::Chat,
-            json!({"model": "m", "max_tokens": 3, "stream": true,
-                   "stream_options": {"include_usage": true},
-                   "messages": [{"role": "user", "content": "a b"}]}),
-        );
-        assert_eq!(s, StatusCode::OK);
-        assert!(b.ends_with("data: [DONE]\n\n"));
-        let chunks: Vec<Value> = b
-            .split("\n\n")
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter(|l| *l != "[DONE]")
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let text: String = chunks
+    fn max_tokens_cuts_and_the_usage_chunk_matches_the_plain_answer() {
+        let req = json!({"model": "m", "max_tokens": 3, "stream": true,
+                         "stream_options": {"include_usage": true},
+                         "messages": [{"role": "user", "content": "a b"}]});
+        let a = call(Kind::Chat, req).unwrap();
+        assert!(a.stream);
+        let ev = a.events();
+        assert_eq!(ev.iter().filter(|e| e.content).count(), 3);
+        assert_eq!(ev[0].data["choices"][0]["delta"]["role"], "assistant");
+        let text: String = ev
             .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .filter_map(|e| e.data["choices"][0]["delta"]["content"].as_str())
             .collect();
         assert_eq!(text, "This is a");
-        let last = chunks.last().unwrap();
+        let last = &ev[ev.len() - 1].data;
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"], a.body()["usage"]);
         assert_eq!(last["usage"]["completion_tokens"].as_u64(), Some(3));
-        assert_eq!(last["usage"]["prompt_tokens"].as_u64(), Some(2));
-        assert!(b.contains("\"finish_reason\":\"length\""));
+        assert_eq!(
+            ev[ev.len() - 2].data["choices"][0]["finish_reason"],
+            "length"
+        );
+        // Without include_usage: no usage chunk and no usage key at all.
+        let b = call(
+            Kind::Completion,
+            json!({"model": "m", "prompt": "x", "stream": true}),
+        )
+        .unwrap();
+        let ev = b.events();
+        assert!(ev.iter().all(|e| e.data.get("usage").is_none()));
+        assert_eq!(ev[0].data["object"], "text_completion");
+        assert_eq!(ev[ev.len() - 1].data["choices"][0]["finish_reason"], "stop");
     }
 
     #[test]
-    fn bad_requests_get_openai_errors() {
-        assert_eq!(call(Kind::Chat, json!([1])).0, StatusCode::BAD_REQUEST);
+    fn bad_requests_and_fail_models_get_openai_errors() {
         assert_eq!(
-            call(Kind::Chat, json!({"model": "other", "messages": []})).0,
-            StatusCode::NOT_FOUND
+            call(Kind::Chat, json!([1])).err(),
+            Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(
-            call(Kind::Completion, json!({"model": "m"})).0,
-            StatusCode::BAD_REQUEST
+            call(Kind::Chat, json!({"model": "other", "messages": []})).err(),
+            Some(StatusCode::NOT_FOUND)
         );
-        let (s, b) = call(Kind::Completion, json!({"model": "m", "prompt": "x y"}));
-        assert_eq!(s, StatusCode::OK);
-        assert!(b.contains("\"prompt_tokens\":2"), "{b}");
+        assert_eq!(
+            call(Kind::Chat, json!({"model": "m-fail", "messages": []})).err(),
+            Some(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        assert_eq!(
+            call(Kind::Completion, json!({"model": "m"})).err(),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let a = call(Kind::Completion, json!({"model": "m", "prompt": "x y"})).unwrap();
+        assert_eq!(a.usage()["prompt_tokens"].as_u64(), Some(2));
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_per_input() {
+        let e = embedding("hello world");
+        assert_eq!(e.len(), EMBEDDING_DIMS);
+        assert_eq!(e, embedding("hello world"));
+        assert_ne!(e, embedding("hello worlds"));
+        assert!(e.iter().all(|x| (-1.0..1.0).contains(x)));
+        let r = embeddings(br#"{"model": "m", "input": [1, 2]}"#, &|m| m == "m");
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let r = embeddings(br#"{"model": "m-fail", "input": "a"}"#, &|m| m == "m");
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let r = embeddings(
+            br#"{"model": "m", "input": "a", "encoding_format": "hex"}"#,
+            &|m| m == "m",
+        );
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(&[0xff, 0xfe, 0x00]), "//4A");
     }
 }

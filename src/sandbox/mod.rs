@@ -16,9 +16,31 @@
 //!   `unknown_offer` / `not_found`, 409 `no_capacity`, 413 `body_too_large`. DELETE of
 //!   an instance that already stopped (terminating, terminated, interrupted) answers
 //!   200 with it unchanged.
-//! - `/<cloud>/instances/{id}/v1/{models,chat/completions,completions}`: the model
-//!   server of a running instance created with `model` (its `endpoint`).
-//! - `/hosted/v1/{models,chat/completions,completions}`: the hosted upstream.
+//! - `/<cloud>/instances/{id}/v1/{models,chat/completions,completions,embeddings}`: the
+//!   model server of a running instance created with `model` (its `endpoint`); its one
+//!   model answers all four.
+//! - `/hosted/v1/{models,chat/completions,completions,embeddings}`: the hosted upstream;
+//!   chat for `HOSTED_MODELS`, embeddings for `HOSTED_EMBEDDING_MODELS`, `/models`
+//!   lists both. Embeddings are 8 floats from a hash of each input, or base64 of
+//!   little-endian f32 with `encoding_format: "base64"` (the openai SDKs' default).
+//!
+//! Model servers stream for real: `stream: true` answers server-sent events written one
+//! per word as they are produced (`SPOTD_SANDBOX_STREAM_DELAY_MS` apart, 5 ms unless
+//! set), OpenAI's `chat.completion.chunk` / `text_completion` shapes, the usage chunk
+//! only with `stream_options.include_usage`, then `data: [DONE]`. A client that goes
+//! away stops the producer.
+//!
+//! Fault injection on model servers (hosted and instances), for tests of spotd's proxy:
+//! - a `model` ending in `-fail` answers 500 in OpenAI's error shape (before the
+//!   "does this server serve that model" check, so it works everywhere);
+//! - `x-sandbox-delay-ms: N` (N <= 30000) waits N ms before answering (timeouts);
+//! - `x-sandbox-chunk-delay-ms: N` (N <= 30000) paces this stream's events N ms apart
+//!   (long in-flight streams);
+//! - `x-sandbox-cut-after: K` on a stream sends K content chunks, then drops the
+//!   connection without `data: [DONE]` (a stream cut midway). If the answer has no more
+//!   than K words the stream ends normally.
+//!
+//! A malformed value of these headers answers 400.
 //!
 //! Test-only control endpoints (not part of the protocol; spotd never calls them):
 //! - `POST /<cloud>/_control/preempt/{id}`: preempts a provisioning or running instance
@@ -29,16 +51,19 @@
 
 mod catalog;
 mod llm;
+#[cfg(test)]
+mod model_tests;
 mod server;
 mod sim;
 mod store;
+mod stream;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,8 +83,16 @@ use store::SandboxStore;
 
 pub use catalog::cloud_names;
 
-/// The models the hosted upstream serves.
+/// The chat/completion models the hosted upstream serves (`/chat/completions`,
+/// `/completions`), billed per token by spotd from `usage`.
 pub const HOSTED_MODELS: &[&str] = &["gpt-4o-mini", "llama-3.1-8b-instruct-hosted"];
+
+/// The embedding models the hosted upstream serves (`/embeddings`, 8 dimensions).
+pub const HOSTED_EMBEDDING_MODELS: &[&str] = &["text-embedding-3-small"];
+
+/// Pacing between streamed events unless `SPOTD_SANDBOX_STREAM_DELAY_MS` says otherwise:
+/// short so tests stay fast, non-zero so events leave as separate chunks.
+const DEFAULT_STREAM_DELAY: Duration = Duration::from_millis(5);
 
 /// In-flight requests get this long to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,6 +103,7 @@ pub struct SandboxHandle {
     pub clouds: Vec<String>,
     /// `http://ADDR/hosted/v1`.
     pub hosted_base_url: String,
+    live_streams: Arc<AtomicUsize>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -78,6 +112,12 @@ impl SandboxHandle {
     /// `http://ADDR/<cloud>`: the `base_url` of an `http` provider for that cloud.
     pub fn cloud_base_url(&self, cloud: &str) -> String {
         format!("http://{}/{cloud}", self.addr)
+    }
+
+    /// Streamed answers whose producer is still running (a client that went away stops
+    /// its producer, which tests can watch here).
+    pub fn live_streams(&self) -> usize {
+        self.live_streams.load(Ordering::SeqCst)
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), closes the redb file.
@@ -124,6 +164,8 @@ pub async fn start(
             .collect(),
         instances: tokio::sync::Mutex::new(instances),
         store,
+        stream_delay: stream_delay_from_env(),
+        live_streams: Arc::new(AtomicUsize::new(0)),
     });
     let stop = CancellationToken::new();
     let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
@@ -131,9 +173,25 @@ pub async fn start(
         addr,
         clouds: state.clouds.iter().map(|c| c.name.clone()).collect(),
         hosted_base_url: state.hosted_base_url(),
+        live_streams: state.live_streams.clone(),
         stop,
         task,
     })
+}
+
+/// `SPOTD_SANDBOX_STREAM_DELAY_MS`, else the default; a value that is not a number of
+/// milliseconds is ignored with a warning rather than failing the sandbox.
+fn stream_delay_from_env() -> Duration {
+    match std::env::var("SPOTD_SANDBOX_STREAM_DELAY_MS") {
+        Err(_) => DEFAULT_STREAM_DELAY,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) => Duration::from_millis(ms.min(60_000)),
+            Err(_) => {
+                tracing::warn!("SPOTD_SANDBOX_STREAM_DELAY_MS={v:?} is not a number; using 5");
+                DEFAULT_STREAM_DELAY
+            }
+        },
+    }
 }
 
 /// `spotd sandbox-cloud`: serves the clouds on `listen` until `shutdown` is cancelled,
@@ -201,6 +259,9 @@ pub(crate) struct State {
     /// so a capacity check and the create it allows are one step.
     instances: tokio::sync::Mutex<Instances>,
     store: SandboxStore,
+    /// Pacing between streamed events (per request: `x-sandbox-chunk-delay-ms`).
+    stream_delay: Duration,
+    live_streams: Arc<AtomicUsize>,
 }
 
 impl State {

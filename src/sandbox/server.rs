@@ -8,12 +8,13 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
@@ -24,16 +25,20 @@ use crate::providers::protocol::{
 
 use super::llm::{self, Kind};
 use super::sim::{mix, preemption_time, InstanceRecord};
-use super::{catalog::str_key, CloudState, State, HOSTED_MODELS};
+use super::stream::{self, ReplyBody};
+use super::{catalog::str_key, CloudState, State, HOSTED_EMBEDDING_MODELS, HOSTED_MODELS};
 
 /// Request bodies past this are refused (413).
 const MAX_BODY: usize = 1024 * 1024;
+
+/// Longest wait `x-sandbox-delay-ms` and `x-sandbox-chunk-delay-ms` accept.
+const MAX_INJECTED_DELAY_MS: u64 = 30_000;
 
 /// A finished answer; turned into a hyper response in one place.
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: &'static str,
-    pub body: Bytes,
+    pub body: ReplyBody,
 }
 
 impl Reply {
@@ -42,21 +47,21 @@ impl Reply {
             Ok(b) => Reply {
                 status,
                 content_type: "application/json",
-                body: Bytes::from(b),
+                body: ReplyBody::Full(Some(Bytes::from(b))),
             },
             Err(_) => Reply {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 content_type: "application/json",
-                body: Bytes::from_static(b"{\"error\":\"internal\"}"),
+                body: ReplyBody::Full(Some(Bytes::from_static(b"{\"error\":\"internal\"}"))),
             },
         }
     }
 
-    pub fn sse(text: String) -> Reply {
+    fn sse(body: ReplyBody) -> Reply {
         Reply {
             status: StatusCode::OK,
             content_type: "text/event-stream",
-            body: Bytes::from(text),
+            body,
         }
     }
 
@@ -70,8 +75,8 @@ impl Reply {
         )
     }
 
-    fn into_response(self) -> Response<Full<Bytes>> {
-        let mut r = Response::new(Full::new(self.body));
+    fn into_response(self) -> Response<ReplyBody> {
+        let mut r = Response::new(self.body);
         *r.status_mut() = self.status;
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
@@ -83,11 +88,45 @@ impl Reply {
     }
 }
 
+/// The test fault-injection headers of a model-server request (see the module doc of
+/// `sandbox`).
+#[derive(Default)]
+pub struct Faults {
+    /// `x-sandbox-delay-ms`: wait this long before answering.
+    delay: Option<Duration>,
+    /// `x-sandbox-chunk-delay-ms`: pacing between streamed events instead of the default.
+    pacing: Option<Duration>,
+    /// `x-sandbox-cut-after`: break a stream after this many content events.
+    cut_after: Option<usize>,
+}
+
+impl Faults {
+    /// Reads the headers; a malformed or too large value is a message for a 400.
+    fn parse(h: &HeaderMap) -> Result<Faults, String> {
+        fn num(h: &HeaderMap, name: &str, max: u64) -> Result<Option<u64>, String> {
+            let Some(v) = h.get(name) else {
+                return Ok(None);
+            };
+            match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                Some(n) if n <= max => Ok(Some(n)),
+                _ => Err(format!("'{name}' must be an integer from 0 to {max}")),
+            }
+        }
+        let ms = |n: Option<u64>| n.map(Duration::from_millis);
+        Ok(Faults {
+            delay: ms(num(h, "x-sandbox-delay-ms", MAX_INJECTED_DELAY_MS)?),
+            pacing: ms(num(h, "x-sandbox-chunk-delay-ms", MAX_INJECTED_DELAY_MS)?),
+            cut_after: num(h, "x-sandbox-cut-after", u64::from(u32::MAX))?
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        })
+    }
+}
+
 /// The hyper service function.
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<ReplyBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -98,55 +137,112 @@ pub async fn handle(
     let path = parts.uri.path().to_string();
     // Empty segments are ignored, so `base/` + `/offers` works as well as `base/offers`.
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    Ok(route(&state, &parts.method, &segs, &body)
-        .await
-        .into_response())
+    let call = Call {
+        method: &parts.method,
+        body: &body,
+        faults: Faults::parse(&parts.headers),
+    };
+    Ok(route(&state, &segs, &call).await.into_response())
 }
 
-async fn route(st: &Arc<State>, m: &Method, segs: &[&str], body: &[u8]) -> Reply {
+/// What a handler needs of the request besides its path.
+struct Call<'a> {
+    method: &'a Method,
+    body: &'a [u8],
+    /// Only model servers honour these, so a bad header only fails a model request.
+    faults: Result<Faults, String>,
+}
+
+async fn route(st: &Arc<State>, segs: &[&str], call: &Call<'_>) -> Reply {
     let now_secs = st.clock.now() / 1000;
+    let (m, body) = (call.method, call.body);
     match segs {
         [] if m == Method::GET => Reply::json(
             StatusCode::OK,
             &json!({
                 "clouds": st.clouds.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-                "hosted": {"base_url": st.hosted_base_url(), "models": HOSTED_MODELS},
+                "hosted": {"base_url": st.hosted_base_url(), "models": hosted_models()},
             }),
         ),
         ["hosted", "v1", rest @ ..] => {
-            let serves = |model: &str| HOSTED_MODELS.contains(&model);
-            let hosted: Vec<String> = HOSTED_MODELS.iter().map(|s| s.to_string()).collect();
-            model_route(m, rest, body, &hosted, &serves, now_secs)
+            let server = ModelServer {
+                models: hosted_models(),
+                chat: &|model| HOSTED_MODELS.contains(&model),
+                embed: &|model| HOSTED_EMBEDDING_MODELS.contains(&model),
+            };
+            model_route(st, &server, rest, call, now_secs).await
         }
         [cloud, rest @ ..] => match st.cloud(cloud) {
-            Some(c) => cloud_route(st, c, m, rest, body).await,
+            Some(c) => cloud_route(st, c, m, rest, body, call).await,
             None => Reply::err(StatusCode::NOT_FOUND, "not_found"),
         },
         _ => Reply::err(StatusCode::NOT_FOUND, "not_found"),
     }
 }
 
-/// `/models`, `/chat/completions`, `/completions` of a model server.
-fn model_route(
-    m: &Method,
+/// Every model the hosted upstream lists: chat models, then embedding models.
+fn hosted_models() -> Vec<String> {
+    HOSTED_MODELS
+        .iter()
+        .chain(HOSTED_EMBEDDING_MODELS)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// What one model server serves.
+struct ModelServer<'a> {
+    /// Listed by `GET /models`.
+    models: Vec<String>,
+    /// Answers `/chat/completions` and `/completions` for this model.
+    chat: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Answers `/embeddings` for this model.
+    embed: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// `/models`, `/chat/completions`, `/completions`, `/embeddings` of a model server,
+/// after the injected delay.
+async fn model_route(
+    st: &State,
+    server: &ModelServer<'_>,
     rest: &[&str],
-    body: &[u8],
-    models: &[String],
-    serves: &dyn Fn(&str) -> bool,
+    call: &Call<'_>,
     now_secs: i64,
 ) -> Reply {
-    match (m, rest) {
-        (&Method::GET, ["models"]) => llm::models(models, now_secs),
-        (&Method::POST, ["chat", "completions"]) => {
-            llm::complete(Kind::Chat, body, serves, now_secs)
-        }
-        (&Method::POST, ["completions"]) => llm::complete(Kind::Completion, body, serves, now_secs),
-        _ => llm::error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "no such route on this model server",
-        ),
+    let faults = match &call.faults {
+        Ok(f) => f,
+        Err(msg) => return llm::error(StatusCode::BAD_REQUEST, "invalid_request_error", msg),
+    };
+    if let Some(d) = faults.delay {
+        tokio::time::sleep(d).await;
     }
+    let body = call.body;
+    let kind = match (call.method, rest) {
+        (&Method::GET, ["models"]) => return llm::models(&server.models, now_secs),
+        (&Method::POST, ["embeddings"]) => return llm::embeddings(body, server.embed),
+        (&Method::POST, ["chat", "completions"]) => Kind::Chat,
+        (&Method::POST, ["completions"]) => Kind::Completion,
+        _ => {
+            return llm::error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "no such route on this model server",
+            )
+        }
+    };
+    let answer = match llm::complete(kind, body, server.chat, now_secs) {
+        Ok(a) => a,
+        Err(reply) => return reply,
+    };
+    if !answer.stream {
+        return Reply::json(StatusCode::OK, &answer.body());
+    }
+    let pacing = faults.pacing.unwrap_or(st.stream_delay);
+    Reply::sse(stream::spawn(
+        answer.events(),
+        pacing,
+        faults.cut_after,
+        &st.live_streams,
+    ))
 }
 
 async fn cloud_route(
@@ -155,6 +251,7 @@ async fn cloud_route(
     m: &Method,
     rest: &[&str],
     body: &[u8],
+    call: &Call<'_>,
 ) -> Reply {
     match (m, rest) {
         (&Method::GET, ["offers"]) => offers(st, c).await,
@@ -195,7 +292,7 @@ async fn cloud_route(
             })
             .await
         }
-        (_, ["instances", id, "v1", tail @ ..]) => instance_model(st, c, id, m, tail, body).await,
+        (_, ["instances", id, "v1", tail @ ..]) => instance_model(st, c, id, tail, call).await,
         (&Method::POST, ["_control", "preempt", id]) => {
             change(st, c, id, |r, now| match r.state_at(now).0 {
                 InstanceState::Provisioning | InstanceState::Running => {
@@ -334,9 +431,8 @@ async fn instance_model(
     st: &Arc<State>,
     c: &CloudState,
     id: &str,
-    m: &Method,
     tail: &[&str],
-    body: &[u8],
+    call: &Call<'_>,
 ) -> Reply {
     let now = st.clock.now();
     let model = {
@@ -361,15 +457,14 @@ async fn instance_model(
             }
         }
     };
+    // The instance's one model does chat, completions and embeddings alike.
     let serves = |req_model: &str| req_model == model;
-    model_route(
-        m,
-        tail,
-        body,
-        std::slice::from_ref(&model),
-        &serves,
-        now / 1000,
-    )
+    let server = ModelServer {
+        models: vec![model.clone()],
+        chat: &serves,
+        embed: &serves,
+    };
+    model_route(st, &server, tail, call, now / 1000).await
 }
 
 fn secs_ms(s: u64) -> i64 {

@@ -460,7 +460,7 @@ async fn model_instances_and_hosted_upstream_answer_openai() {
         .unwrap();
     assert_eq!(
         models["data"].as_array().map(Vec::len),
-        Some(HOSTED_MODELS.len())
+        Some(HOSTED_MODELS.len() + HOSTED_EMBEDDING_MODELS.len())
     );
     let body = json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "hi"}]});
