@@ -218,6 +218,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
             h.hosted_base_url.clone(),
             sandbox::HOSTED_MODELS
                 .iter()
+                .chain(sandbox::HOSTED_EMBEDDING_MODELS)
                 .map(|m| m.to_string())
                 .collect::<Vec<_>>(),
         )
