@@ -13,7 +13,8 @@ use spotd::money::Usd;
 
 /// Prices that do not move, so separate queries can be compared offer by offer; and a
 /// rate limit that a walk of hundreds of one-offer pages stays under.
-const STILL: &str = "[sandbox]\nprice_drift = 0.0\n[limits]\nrequests_per_second = 1000\nburst = 1000\n";
+const STILL: &str =
+    "[sandbox]\nprice_drift = 0.0\n[limits]\nrequests_per_second = 1000\nburst = 1000\n";
 
 /// Every offer matching `query` in one page (the sandbox has fewer than 1000).
 async fn all(d: &Daemon, key: &str, query: &str) -> Vec<Value> {
