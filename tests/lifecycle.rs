@@ -404,3 +404,46 @@ async fn active_rental_limit_answers_409_and_holds_nothing() {
         .await;
     rent(&d, &key, json!({"gpu": "T4"})).await;
 }
+
+/// `available` of one offer, as the offers API shows it.
+async fn available(d: &Daemon, key: &str, offer_id: &str) -> u64 {
+    let r = d.get(&format!("/v1/gpus/offers/{offer_id}"), key).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["available"].as_u64().expect("available")
+}
+
+/// Polls until the offer shows `want` machines left.
+async fn wait_available(d: &Daemon, key: &str, offer_id: &str, want: u64, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = available(d, key, offer_id).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{why}: available {n}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn availability_drops_on_rent_and_comes_back_on_release() {
+    // Scheduled refreshes a minute apart: what the market shows in between comes from
+    // the refreshes renting and releasing ask for.
+    let d = Daemon::start("[sandbox]\nrefresh_seconds = 60\n");
+    let key = d.demo_key.clone();
+    let offer = cheapest(&d, &key, "gpu=A10").await;
+    let id = s(&offer, "id").to_string();
+    let n = available(&d, &key, &id).await;
+    assert!(n >= 1);
+    let r = rent(&d, &key, json!({"offer_id": id})).await;
+    let rid = s(&r, "id").to_string();
+    wait_available(&d, &key, &id, n - 1, "a rented machine is taken").await;
+    let del = d.delete(&format!("/v1/gpus/rentals/{rid}"), &key).await;
+    assert_eq!(del.status, 200, "{:?}", del.body);
+    d.wait_rental(&key, &rid, 20, |r| r["state"] == "terminated")
+        .await;
+    wait_available(&d, &key, &id, n, "a released machine comes back").await;
+}
