@@ -447,3 +447,60 @@ async fn availability_drops_on_rent_and_comes_back_on_release() {
         .await;
     wait_available(&d, &key, &id, n, "a released machine comes back").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rent_by_criteria_moves_on_when_the_cheapest_has_no_capacity() {
+    // The market refreshes a minute apart, so it still shows machines that someone
+    // else just took at the cloud.
+    let d = Daemon::start("[sandbox]\nrefresh_seconds = 60\n");
+    let key = d.demo_key.clone();
+    let best = cheapest(&d, &key, "gpu=A6000").await;
+    let best_id = s(&best, "id").to_string();
+    let (provider, native) = best_id.split_once(':').unwrap();
+    let base = d.cloud_base(provider).await;
+    // Another customer of the cloud takes every machine of the cheapest offer.
+    for _ in 0..best["available"].as_u64().unwrap() {
+        let r = d
+            .raw(
+                Method::POST,
+                &format!("{base}/instances"),
+                Some(json!({"offer_id": native, "label": "someone-else"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    assert_eq!(available(&d, &key, &best_id).await, best["available"]);
+
+    // By offer id: 409 no_capacity, nothing held.
+    let r = d
+        .post("/v1/gpus/rentals", &key, json!({"offer_id": best_id}))
+        .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.err_code(), "no_capacity");
+    let (_, held, _) = d.assert_books_balance(&key).await;
+    assert_eq!(held, Usd::ZERO);
+
+    // By criteria: the next candidate is rented, with its own price and hold.
+    let r = rent(&d, &key, json!({"gpu": "A6000"})).await;
+    assert_ne!(r["offer"]["id"], best_id.as_str(), "{r}");
+    assert!(s(&r["offer"], "gpu").contains("A6000"), "{r}");
+    let price = usd(&r["price_per_hour"]);
+    assert_eq!(price, usd(&r["offer"]["price_per_hour"]));
+    assert!(price >= usd(&best["price_per_hour"]));
+    assert_eq!(usd(&r["hold"]), prorate(price, 600));
+    let (_, held, _) = d.assert_books_balance(&key).await;
+    assert_eq!(held, usd(&r["hold"]), "only the rented offer's hold");
+    // The other customer's instances are none of spotd's business: left running.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let inst = d.raw(Method::GET, &format!("{base}/instances"), None).await;
+    let theirs: Vec<&Value> = inst.body["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["label"] == "someone-else")
+        .collect();
+    assert!(!theirs.is_empty());
+    assert!(theirs
+        .iter()
+        .all(|i| i["state"] != "terminating" && i["state"] != "terminated"));
+}
