@@ -480,7 +480,14 @@ impl Rentals {
             })
             .await;
         match res {
-            Ok((r, ())) => r,
+            Ok((r, ())) => {
+                if r.state == RentalState::Terminated {
+                    // The machine is free again: show it in the market now, not at the
+                    // provider's next scheduled refresh.
+                    self.registry.refresh_now(&r.provider);
+                }
+                r
+            }
             Err(e) => {
                 tracing::warn!(rental = %r.id, error = %e, "could not record a teardown attempt");
                 r

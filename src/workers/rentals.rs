@@ -170,6 +170,10 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
 
 async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
     let id = r.id.clone();
+    let provider = r.provider.clone();
+    // These end the rental's hold on a machine: the market should show it free again
+    // now, not at the provider's next scheduled refresh.
+    let frees = matches!(step, Step::Confirmed | Step::Fail(..) | Step::Interrupt(..));
     let res = match step {
         Step::Nothing => return false,
         Step::Seen => rs
@@ -247,6 +251,9 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
     if let Err(e) = res {
         tracing::warn!(rental = %id, error = %e, "rental sync step failed");
         return false;
+    }
+    if frees {
+        rs.registry.refresh_now(&provider);
     }
     true
 }

@@ -252,6 +252,66 @@ impl Daemon {
         }
     }
 
+    /// A call to an absolute URL (a sandbox cloud's protocol or control endpoints).
+    pub async fn raw(&self, method: Method, url: &str, body: Option<Value>) -> Resp {
+        let r = self
+            .client
+            .send(
+                method,
+                url,
+                None,
+                &[],
+                body.map(|b| b.to_string().into_bytes()),
+            )
+            .await
+            .expect("request");
+        let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        Resp {
+            status: r.status.as_u16(),
+            body,
+            headers: r.headers,
+        }
+    }
+
+    /// One provider's entry of `GET /admin/v1/providers`.
+    pub async fn provider_status(&self, provider: &str) -> Value {
+        let r = self.get("/admin/v1/providers", &self.admin.clone()).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .find(|p| p["name"] == provider)
+            .cloned()
+            .unwrap_or_else(|| panic!("no provider {provider}: {}", r.body))
+    }
+
+    /// The base URL of a sandbox cloud, as the admin API shows it.
+    pub async fn cloud_base(&self, provider: &str) -> String {
+        let p = self.provider_status(provider).await;
+        p["base_url"]
+            .as_str()
+            .expect("base_url")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The sandbox cloud's instance labelled with `rental_id` (the rental JSON does not
+    /// show the instance id).
+    pub async fn cloud_instance(&self, provider: &str, rental_id: &str) -> Option<Value> {
+        let base = self.cloud_base(provider).await;
+        let r = self
+            .raw(Method::GET, &format!("{base}/instances"), None)
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .find(|i| i["label"] == rental_id)
+            .cloned()
+    }
+
     /// Every ledger entry of the key's account, newest first.
     pub async fn ledger(&self, key: &str) -> Vec<Value> {
         let mut out = Vec::new();

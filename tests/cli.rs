@@ -1,0 +1,248 @@
+//! The client subcommands of the real `spotd` binary against a running daemon:
+//! tables for people, `--json` for scripts, and clear failures for a wrong key or a
+//! daemon that is not there.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{cheapest, usd, Daemon};
+use serde_json::Value;
+use spotd::money::Usd;
+
+/// Runs `spotd ARGS` with only the given `SPOTD_*` variables set.
+fn spotd(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotd"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPOTD_") {
+            cmd.env_remove(k);
+        }
+    }
+    // A data dir with nothing in it, so no stray spotd.addr or key file is picked up.
+    let empty = tempfile::tempdir().expect("tempdir");
+    cmd.env("SPOTD_DATA_DIR", empty.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run spotd")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Runs a subcommand that must succeed and answers its stdout.
+fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = spotd(args, env);
+    assert!(
+        o.status.success(),
+        "spotd {args:?} failed: {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// The text a table shows for a USD amount: exact, at least two decimals.
+fn usd_cell(u: Usd) -> String {
+    let s = u.to_string();
+    match s.split_once('.') {
+        None => format!("{s}.00"),
+        Some((_, f)) if f.len() == 1 => format!("{s}0"),
+        Some(_) => s,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_prints_an_aligned_table_or_json() {
+    let d = Daemon::start("[sandbox]\nprice_drift = 0.0\n");
+    let env = [
+        ("SPOTD_URL", d.url.as_str()),
+        ("SPOTD_API_KEY", &d.demo_key),
+    ];
+    let out = ok(&["offers", "--gpu", "h100", "--limit", "5"], &env);
+    let lines: Vec<&str> = out.lines().collect();
+    let header = lines[0];
+    assert!(header.starts_with("ID"), "{out}");
+    for col in ["GPU", "REGION", "$/H", "AVAIL"] {
+        assert!(header.contains(col), "header lacks {col}: {out}");
+    }
+    let rows: Vec<&str> = lines[1..]
+        .iter()
+        .copied()
+        .take_while(|l| !l.starts_with("more:"))
+        .collect();
+    assert_eq!(rows.len(), 5, "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("more: --cursor ")),
+        "a next page is offered: {out}"
+    );
+    let gpu_col = header.find("GPU").unwrap();
+    // `$/H` is right-aligned: every price ends where the header does.
+    let price_end = header.find("$/H").unwrap() + 3;
+    for row in &rows {
+        let id = row.split_whitespace().next().unwrap();
+        let o = d.get(&format!("/v1/gpus/offers/{id}"), &d.demo_key).await;
+        assert_eq!(o.status, 200, "{row}");
+        let gpu = o.body["gpu"].as_str().unwrap();
+        assert!(gpu.starts_with("H100"), "{row}");
+        assert!(
+            row[gpu_col..].starts_with(gpu),
+            "GPU column misaligned:\n{out}"
+        );
+        let price = usd_cell(usd(&o.body["price_per_hour"]));
+        assert_eq!(
+            &row[price_end - price.len()..price_end],
+            price,
+            "$/H column misaligned:\n{out}"
+        );
+    }
+
+    let json = ok(&["offers", "--gpu", "h100", "--limit", "5", "--json"], &env);
+    let v: Value = serde_json::from_str(&json).expect("--json prints JSON");
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 5);
+    assert!(data
+        .iter()
+        .all(|o| o["gpu"].as_str().unwrap().starts_with("H100")));
+    // The same offers as the table, in the same order.
+    let table_ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap())
+        .collect();
+    let json_ids: Vec<&str> = data.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    assert_eq!(table_ids, json_ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rent_list_stop_and_credits() {
+    let d = Daemon::start("");
+    let key = d.demo_key.clone();
+    let env = [("SPOTD_URL", d.url.as_str()), ("SPOTD_API_KEY", &key)];
+    let offer = cheapest(&d, &key, "gpu=T4").await;
+    let offer_id = offer["id"].as_str().unwrap();
+
+    let rented: Value = serde_json::from_str(&ok(&["rent", offer_id, "--json"], &env))
+        .expect("rent --json prints JSON");
+    let id = rented["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("rnt_"));
+    assert_eq!(rented["offer"]["id"], offer_id);
+    let api = d.get(&format!("/v1/gpus/rentals/{id}"), &key).await;
+    assert_eq!(api.status, 200, "rented for real: {:?}", api.body);
+
+    let list = ok(&["rentals"], &env);
+    assert!(list.lines().next().unwrap().starts_with("ID"), "{list}");
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("the rental is listed: {list}"));
+    assert!(row.contains("T4"), "{row}");
+    let listed: Value = serde_json::from_str(&ok(&["rentals", "--json"], &env)).unwrap();
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+
+    let stopped = ok(&["stop", &id], &env);
+    assert!(stopped.contains(&id), "{stopped}");
+    assert!(stopped.contains("terminat"), "{stopped}");
+    let r = d.get(&format!("/v1/gpus/rentals/{id}"), &key).await;
+    assert_eq!(r.body["termination_reason"], "user", "{}", r.body);
+    // Stopping it again fails with the daemon's message.
+    d.wait_rental(&key, &id, 20, |r| r["state"] == "terminated")
+        .await;
+    let again = spotd(&["stop", &id], &env);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("409"), "{}", stderr(&again));
+
+    let (bal, held, avail) = d.assert_books_balance(&key).await;
+    let credits = ok(&["credits"], &env);
+    for (name, v) in [("balance", bal), ("held", held), ("available", avail)] {
+        let line = credits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {credits}"));
+        assert!(line.ends_with(&usd_cell(v)), "{name}: {line} vs {v}");
+    }
+    let cj: Value = serde_json::from_str(&ok(&["credits", "--json"], &env)).unwrap();
+    assert_eq!(usd(&cj["balance"]), bal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_creates_accounts_and_credits_them() {
+    let d = Daemon::start("");
+    let env = [
+        ("SPOTD_URL", d.url.as_str()),
+        ("SPOTD_ADMIN_TOKEN", &d.admin),
+    ];
+    let out = ok(
+        &["admin", "account", "create", "team-a", "--credit", "5"],
+        &env,
+    );
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("API key (shown once, keep it): "))
+        .unwrap_or_else(|| panic!("the key is printed: {out}"))
+        .trim()
+        .to_string();
+    let acct = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("the account id is printed: {out}"))
+        .to_string();
+    assert!(out.contains("team-a"), "{out}");
+    let (bal, _, _) = d.assert_books_balance(&key).await;
+    assert_eq!(bal, Usd::from_dollars(5), "the printed key works");
+
+    let credited = ok(&["admin", "credit", &acct, "2.5"], &env);
+    assert!(credited.contains("2.50"), "{credited}");
+    assert!(credited.contains("7.50"), "the new balance: {credited}");
+    let (bal, _, _) = d.assert_books_balance(&key).await;
+    assert_eq!(bal, Usd(7_500_000));
+
+    // The new key works from the command line too.
+    let user = [("SPOTD_URL", d.url.as_str()), ("SPOTD_API_KEY", &key)];
+    let cj: Value = serde_json::from_str(&ok(&["credits", "--json"], &user)).unwrap();
+    assert_eq!(usd(&cj["available"]), Usd(7_500_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_and_unreachable_daemon_fail_clearly() {
+    let d = Daemon::start("");
+    let bad = spotd(
+        &["credits"],
+        &[("SPOTD_URL", &d.url), ("SPOTD_API_KEY", "sk-not-a-key")],
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("key"), "{}", stderr(&bad));
+    assert!(stdout(&bad).is_empty(), "{}", stdout(&bad));
+    let bad_admin = spotd(
+        &["admin", "credit", "acct_x", "1"],
+        &[("SPOTD_URL", &d.url), ("SPOTD_ADMIN_TOKEN", "adm-wrong")],
+    );
+    assert!(!bad_admin.status.success());
+    assert!(
+        stderr(&bad_admin).contains("admin token"),
+        "{}",
+        stderr(&bad_admin)
+    );
+    let none = spotd(&["credits"], &[("SPOTD_URL", &d.url)]);
+    assert!(!none.status.success());
+    assert!(stderr(&none).contains("SPOTD_API_KEY"), "{}", stderr(&none));
+
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let down = spotd(&["offers"], &[("SPOTD_URL", &url), ("SPOTD_API_KEY", "k")]);
+    assert!(!down.status.success());
+    assert!(stderr(&down).contains("cannot reach"), "{}", stderr(&down));
+    assert!(stderr(&down).contains(&url), "{}", stderr(&down));
+}
