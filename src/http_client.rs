@@ -1,7 +1,9 @@
 //! A small HTTP/1 client over hyper for JSON calls: providers, the CLI, tests.
 //!
 //! Every call has a timeout; bodies are read whole up to a limit. Streaming proxying
-//! uses hyper directly.
+//! uses hyper directly. Both `http://` (sandbox, mocks, loopback) and `https://` (the
+//! real provider APIs) URLs work: TLS is rustls with the ring provider and the built-in
+//! webpki roots, so a static binary needs no certificate store from the host.
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -18,7 +21,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -54,6 +57,15 @@ impl HttpClient {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(timeout));
         conn.set_nodelay(true);
+        // The TLS layer below decides per URL scheme; the TCP connector must let
+        // https:// through to it.
+        conn.enforce_http(false);
+        // Only rustls' ring provider is compiled in, so the default config picks it.
+        let conn = HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(conn);

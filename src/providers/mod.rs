@@ -5,8 +5,12 @@
 //! terminates them. Provider calls never happen inside a store transaction.
 
 pub mod http;
+pub mod lambda;
 pub mod protocol;
 pub mod registry;
+mod rest;
+pub mod runpod;
+pub mod vastai;
 
 use async_trait::async_trait;
 

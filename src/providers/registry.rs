@@ -16,6 +16,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::http::HttpProvider;
+use super::lambda::LambdaProvider;
+use super::runpod::RunpodProvider;
+use super::vastai::VastProvider;
 use super::{CreateInstance, Instance, Provider, ProviderError, ProviderOffer};
 use crate::clock::Millis;
 use crate::config::{ProviderConfig, ProviderKind};
@@ -151,12 +154,28 @@ impl Registry {
                     }
                     Arc::new(HttpProvider::new(&c.name, base, api_key, client.clone()))
                 }
-                other => {
-                    return Err(format!(
-                        "provider '{}': kind \"{}\" is not supported yet (use kind = \"http\")",
-                        c.name,
-                        kind_str(other)
-                    ))
+                ProviderKind::Vastai | ProviderKind::Runpod | ProviderKind::Lambda => {
+                    // The real API address unless the config points elsewhere (a
+                    // proxy, a mock); plain http:// is allowed for those.
+                    let base = c.base_url.as_deref().filter(|b| !b.trim().is_empty());
+                    if let Some(b) = base {
+                        if !b.starts_with("http://") && !b.starts_with("https://") {
+                            return Err(format!(
+                                "provider '{}': base_url must start with https:// or http:// (got '{b}')",
+                                c.name
+                            ));
+                        }
+                    }
+                    let (name, client) = (c.name.as_str(), client.clone());
+                    match c.kind {
+                        ProviderKind::Vastai => {
+                            Arc::new(VastProvider::new(name, base, api_key, client))
+                        }
+                        ProviderKind::Runpod => {
+                            Arc::new(RunpodProvider::new(name, base, api_key, client))
+                        }
+                        _ => Arc::new(LambdaProvider::new(name, base, api_key, client)),
+                    }
                 }
             };
             built.push((c.clone(), provider));
@@ -368,11 +387,24 @@ mod tests {
         assert_eq!(r.get("lab").unwrap().name(), "lab");
         assert!(r.get("nope").is_none());
         assert_eq!(r.all().len(), 2);
+        // The real-provider kinds build without base_url (their real API address).
+        let real = [
+            cfg("v", ProviderKind::Vastai, None, Some("LAB_KEY")),
+            cfg(
+                "r",
+                ProviderKind::Runpod,
+                Some("https://example.test/v2"),
+                None,
+            ),
+            cfg("l", ProviderKind::Lambda, None, None),
+        ];
+        let r = Registry::with_env(&real, client(), env).unwrap();
+        assert_eq!(r.names(), vec!["v", "r", "l"]);
 
         for (bad, words) in [
             (
-                cfg("v", ProviderKind::Vastai, None, None),
-                "not supported yet",
+                cfg("v", ProviderKind::Vastai, Some("ftp://x"), None),
+                "https://",
             ),
             (cfg("h", ProviderKind::Http, None, None), "needs base_url"),
             (

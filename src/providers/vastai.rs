@@ -1,0 +1,375 @@
+//! The Vast.ai adapter (`kind = "vastai"`): the v0 REST API at
+//! `https://console.vast.ai/api/v0`, bearer key.
+//!
+//! Offers come from `POST /bundles/` (rentable, verified, not rented). Each ask is listed
+//! twice: on demand at `dph_total` (USD/h, whole machine) and, when the ask has a
+//! `min_bid`, as an interruptible bid at that price, with the bid price kept in the
+//! native offer id (`{ask}-bid-{micros}`) so a rent bids exactly what spotd quoted.
+//! Rent is `PUT /asks/{ask}/` with our rental id as `label`; the answer's `new_contract`
+//! is the instance id. The SSH key is registered on the account (`POST /ssh/`), which
+//! Vast applies to the account's instances. An outbid instance goes `stopped` and keeps
+//! billing storage: it is reported `Interrupted`, so spotd ends the rental and destroys it.
+
+use async_trait::async_trait;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::rest::{self, call, parse, status_error};
+use super::{CreateInstance, Instance, InstanceState, Provider, ProviderError, ProviderOffer};
+use crate::http_client::{HttpClient, HttpResponse};
+use crate::market::normalize_gpu;
+use crate::model::Ssh;
+use crate::money::Usd;
+
+pub const DEFAULT_BASE_URL: &str = "https://console.vast.ai/api/v0";
+/// What Vast runs when the rent request names no image: a CUDA base with sshd.
+pub const DEFAULT_IMAGE: &str = "vastai/base-image:cuda-12.4.1-auto";
+/// Disk (GB) asked for every instance; Vast's minimum is 8.
+const DISK_GB: u32 = 32;
+const BID_MARK: &str = "-bid-";
+
+pub struct VastProvider {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    client: HttpClient,
+}
+
+impl std::fmt::Debug for VastProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VastProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// "no_such_ask" (404, or 410 when the ask cannot start) means the machine is gone.
+fn no_capacity(r: &HttpResponse) -> bool {
+    let body = String::from_utf8_lossy(&r.body);
+    matches!(r.status.as_u16(), 400 | 404 | 410) && body.contains("no_such_ask")
+}
+
+impl VastProvider {
+    pub fn new(
+        name: impl Into<String>,
+        base_url: Option<&str>,
+        api_key: Option<String>,
+        client: HttpClient,
+    ) -> VastProvider {
+        VastProvider {
+            name: name.into(),
+            base_url: base_url
+                .unwrap_or(DEFAULT_BASE_URL)
+                .trim_end_matches('/')
+                .to_string(),
+            api_key,
+            client,
+        }
+    }
+
+    async fn req(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<HttpResponse, ProviderError> {
+        let url = format!("{}{path}", self.base_url);
+        call(&self.client, method, &url, self.api_key.as_deref(), body).await
+    }
+
+    async fn register_key(&self, key: &str) -> Result<(), ProviderError> {
+        let r = self
+            .req(Method::POST, "/ssh/", Some(&json!({ "ssh_key": key })))
+            .await?;
+        match r.status {
+            s if s.is_success() => Ok(()),
+            // A key the account already has is refused as a duplicate: fine.
+            s if s.is_client_error()
+                && s != StatusCode::UNAUTHORIZED
+                && s != StatusCode::FORBIDDEN
+                && s != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Ok(())
+            }
+            _ => Err(status_error(&r, |_| false)),
+        }
+    }
+}
+
+/// The country code at the end of Vast's free-text `geolocation` ("Texas, US" -> "US").
+fn region(o: &Value) -> String {
+    o["geolocation"]
+        .as_str()
+        .and_then(|g| g.rsplit(',').next())
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// One ask as up to two offers (on demand; interruptible bid). `None` when the ask
+/// lacks what an offer needs.
+fn offers_of(o: &Value) -> Vec<ProviderOffer> {
+    let Some(id) = o["id"].as_u64() else {
+        return Vec::new();
+    };
+    let (Some(gpu), Some(on_demand)) =
+        (o["gpu_name"].as_str(), rest::usd_per_hour(&o["dph_total"]))
+    else {
+        return Vec::new();
+    };
+    let gpu_count = rest::u32_of(&o["num_gpus"]);
+    if gpu_count == 0 {
+        return Vec::new();
+    }
+    let reliability = rest::num(&o["reliability2"])
+        .or_else(|| rest::num(&o["reliability"]))
+        .unwrap_or(0.0)
+        .clamp(0.0, 1.0);
+    let base = ProviderOffer {
+        id: id.to_string(),
+        gpu: normalize_gpu(gpu),
+        gpu_count,
+        vram_gb: rest::mb_to_gb(&o["gpu_ram"]),
+        vcpus: rest::u32_of(&o["cpu_cores_effective"]),
+        ram_gb: rest::mb_to_gb(&o["cpu_ram"]),
+        disk_gb: rest::u32_of(&o["disk_space"]),
+        region: region(o),
+        price_per_hour: on_demand,
+        on_demand_price_per_hour: None,
+        interruptible: false,
+        reliability,
+        available: 1,
+    };
+    let mut out = vec![base.clone()];
+    if let Some(bid) = rest::usd_per_hour(&o["min_bid"]).filter(|b| b.micros() > 0) {
+        out.push(ProviderOffer {
+            id: format!("{id}{BID_MARK}{}", bid.micros()),
+            price_per_hour: bid,
+            on_demand_price_per_hour: Some(on_demand),
+            interruptible: true,
+            ..base
+        });
+    }
+    out
+}
+
+/// `"123"` -> (123, None); `"123-bid-120000"` -> (123, Some($0.12)).
+fn parse_offer_id(id: &str) -> Option<(u64, Option<Usd>)> {
+    match id.split_once(BID_MARK) {
+        None => Some((id.parse().ok()?, None)),
+        Some((ask, micros)) => {
+            let m: i64 = micros.parse().ok()?;
+            (m > 0).then_some((ask.parse().ok()?, Some(Usd::from_micros(m))))
+        }
+    }
+}
+
+fn state_of(i: &Value) -> InstanceState {
+    let is_bid = i["is_bid"].as_bool().unwrap_or(false);
+    match i["actual_status"].as_str() {
+        None | Some("created" | "loading" | "scheduling" | "rebooting") => {
+            InstanceState::Provisioning
+        }
+        Some("running") => InstanceState::Running,
+        // spotd never stops an instance itself: a stopped bid was outbid (a
+        // preemption); a stopped on-demand instance was stopped by Vast (credit, host).
+        Some("stopped") if is_bid => InstanceState::Interrupted,
+        // "exited", "unknown", "offline", "frozen", "stopped" and anything new: it will
+        // not reach running again.
+        Some(_) => InstanceState::Failed,
+    }
+}
+
+fn instance_of(i: &Value) -> Option<Instance> {
+    let id = rest::str_of(&i["id"])?;
+    let state = state_of(i);
+    let ssh = match (state, i["ssh_host"].as_str(), rest::num(&i["ssh_port"])) {
+        (InstanceState::Running, Some(host), Some(port)) if (1.0..=65535.0).contains(&port) => {
+            Some(Ssh {
+                host: host.to_string(),
+                port: port as u16,
+                user: "root".into(),
+            })
+        }
+        _ => None,
+    };
+    let created_at = rest::num(&i["start_date"])
+        .map(|s| crate::clock::rfc3339((s * 1000.0) as i64))
+        .unwrap_or_default();
+    Some(Instance {
+        id,
+        offer_id: rest::str_of(&i["ask_id"]).unwrap_or_default(),
+        label: i["label"].as_str().unwrap_or_default().to_string(),
+        state,
+        endpoint: None,
+        ssh,
+        created_at,
+        ended_at: None,
+    })
+}
+
+#[async_trait]
+impl Provider for VastProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
+        let query = json!({
+            "verified": {"eq": true},
+            "external": {"eq": false},
+            "rentable": {"eq": true},
+            "rented": {"eq": false},
+            "type": "on-demand",
+            "allocated_storage": DISK_GB,
+            "limit": 1000,
+        });
+        let r = self.req(Method::POST, "/bundles/", Some(&query)).await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&r, |_| false));
+        }
+        let v: Value = parse(&r)?;
+        let list = v["offers"]
+            .as_array()
+            .ok_or_else(|| ProviderError::Unavailable("answer without \"offers\"".into()))?;
+        Ok(list.iter().flat_map(offers_of).collect())
+    }
+
+    async fn create_instance(&self, req: &CreateInstance) -> Result<Instance, ProviderError> {
+        let (ask, bid) = parse_offer_id(&req.offer_id)
+            .ok_or_else(|| ProviderError::Rejected(format!("bad offer id {}", req.offer_id)))?;
+        if let Some(key) = &req.ssh_public_key {
+            self.register_key(key).await?;
+        }
+        let mut body = json!({
+            "client_id": "me",
+            "image": req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
+            "label": req.label,
+            "disk": DISK_GB,
+            "runtype": "ssh",
+            "env": req.env,
+        });
+        if let Some(b) = bid {
+            body["price"] = b.to_json();
+        }
+        let r = self
+            .req(Method::PUT, &format!("/asks/{ask}/"), Some(&body))
+            .await?;
+        if !r.status.is_success() {
+            return Err(status_error(&r, no_capacity));
+        }
+        let v: Value = parse(&r)?;
+        let id = v["new_contract"]
+            .as_u64()
+            .ok_or_else(|| ProviderError::Unavailable(rest::excerpt(&r)))?;
+        Ok(Instance {
+            id: id.to_string(),
+            offer_id: req.offer_id.clone(),
+            label: req.label.clone(),
+            state: InstanceState::Provisioning,
+            endpoint: None,
+            ssh: None,
+            created_at: String::new(),
+            ended_at: None,
+        })
+    }
+
+    async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
+        let path = format!("/instances/{}/?owner=me", rest::seg(id));
+        let r = self.req(Method::GET, &path, None).await?;
+        match r.status {
+            StatusCode::OK => {
+                let v: Value = parse(&r)?;
+                // An unknown id answers `{"instances": null}` (or an empty object).
+                match &v["instances"] {
+                    Value::Object(o) if o.is_empty() => Ok(None),
+                    Value::Null => Ok(None),
+                    i => instance_of(i)
+                        .map(Some)
+                        .ok_or_else(|| ProviderError::Unavailable(rest::excerpt(&r))),
+                }
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error(&r, |_| false)),
+        }
+    }
+
+    async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
+        let r = self.req(Method::GET, "/instances/?owner=me", None).await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&r, |_| false));
+        }
+        let v: Value = parse(&r)?;
+        let list = v["instances"]
+            .as_array()
+            .ok_or_else(|| ProviderError::Unavailable("answer without \"instances\"".into()))?;
+        Ok(list.iter().filter_map(instance_of).collect())
+    }
+
+    async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
+        let path = format!("/instances/{}/", rest::seg(id));
+        let r = self.req(Method::DELETE, &path, None).await?;
+        match r.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let v: Value = parse(&r)?;
+                if v["success"].as_bool() == Some(false) {
+                    return Err(ProviderError::Rejected(rest::excerpt(&r)));
+                }
+                // Destroy is immediate on Vast: billing (storage included) stops.
+                Ok(Some(Instance {
+                    id: id.to_string(),
+                    offer_id: String::new(),
+                    label: String::new(),
+                    state: InstanceState::Terminated,
+                    endpoint: None,
+                    ssh: None,
+                    created_at: String::new(),
+                    ended_at: None,
+                }))
+            }
+            _ => Err(status_error(&r, |_| false)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offer_ids_round_trip_and_states_map() {
+        assert_eq!(parse_offer_id("123"), Some((123, None)));
+        assert_eq!(
+            parse_offer_id("123-bid-120000"),
+            Some((123, Some(Usd::from_micros(120_000))))
+        );
+        assert_eq!(parse_offer_id("123-bid-0"), None);
+        assert_eq!(parse_offer_id("x"), None);
+        let st = |s: Value| state_of(&s);
+        assert_eq!(
+            st(json!({"actual_status": null})),
+            InstanceState::Provisioning
+        );
+        assert_eq!(
+            st(json!({"actual_status": "loading"})),
+            InstanceState::Provisioning
+        );
+        assert_eq!(
+            st(json!({"actual_status": "running"})),
+            InstanceState::Running
+        );
+        assert_eq!(
+            st(json!({"actual_status": "stopped", "is_bid": true})),
+            InstanceState::Interrupted
+        );
+        for s in ["stopped", "exited", "unknown", "offline"] {
+            assert_eq!(
+                st(json!({"actual_status": s})),
+                InstanceState::Failed,
+                "{s}"
+            );
+        }
+    }
+}
