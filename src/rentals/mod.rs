@@ -272,6 +272,12 @@ impl Rentals {
                     last_err = ProviderError::NoCapacity;
                     continue;
                 }
+                // This provider refused this request (an option it does not support,
+                // an offer it no longer has): another candidate may take it.
+                Err(e @ ProviderError::Rejected(_)) => {
+                    last_err = e;
+                    continue;
+                }
                 Err(ProviderError::Unavailable(msg)) => {
                     // The outcome is unknown: the instance may exist. Look for our label
                     // once; if it is not there, fail the rental (a late instance is an
