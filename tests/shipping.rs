@@ -120,6 +120,34 @@ fn systemd_gets_ready_then_stopping() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+#[test]
+fn systemd_gets_more_start_time_while_the_store_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let env = [("NOTIFY_SOCKET", sock_path.to_str().unwrap())];
+    let (mut child, _) = spawn(dir.path(), &env);
+    recv_until(&sock, "READY=1");
+    // kill -9: redb must repair the file on the next open.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, _) = spawn(dir.path(), &env);
+    let msgs = recv_until(&sock, "READY=1");
+    assert!(
+        msgs[0].starts_with("EXTEND_TIMEOUT_USEC="),
+        "no timeout extension before READY: {msgs:?}"
+    );
+    assert!(sigterm_and_wait(&mut child).success());
+    recv_until(&sock, "STOPPING=1");
+    // A clean stop needs no repair: no extension on the next start.
+    let (mut child, _) = spawn(dir.path(), &env);
+    let msgs = recv_until(&sock, "READY=1");
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(sigterm_and_wait(&mut child).success());
+}
+
 async fn text(d: &Daemon, path: &str, key: Option<&str>) -> (u16, String, String) {
     let r = spotd::http_client::HttpClient::new(Duration::from_secs(30))
         .send(Method::GET, &format!("{}{path}", d.url), key, &[], None)
