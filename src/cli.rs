@@ -15,11 +15,23 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, ServeFlags};
 
 mod client;
+mod healthcheck;
 mod logging;
 mod table;
 
 pub use client::{admin_token, api_key, base_url, data_dir, offers_query, query};
 pub use logging::LogFormat;
+
+/// `spotd --version`: the crate version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPOTD_GIT_COMMIT"),
+    ")"
+);
+
+/// The commented example configuration, printed by `spotd config default`.
+pub const DEFAULT_CONFIG: &str = include_str!("../packaging/spotd.toml");
 
 /// Exit code of a configuration error (as for a usage error).
 const EXIT_CONFIG: u8 = 2;
@@ -27,7 +39,7 @@ const EXIT_CONFIG: u8 = 2;
 const RUNTIME_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
-#[command(name = "spotd", version, about = "A self-hosted GPU spot marketplace")]
+#[command(name = "spotd", version = VERSION, about = "A self-hosted GPU spot marketplace")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +64,17 @@ pub enum Command {
     /// Administration (needs the admin token).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check a running daemon (GET /readyz); exits non-zero when it is not healthy.
+    Healthcheck(healthcheck::HealthcheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the commented example configuration with every key and its default.
+    Default,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +138,10 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(a) => serve(a, &env),
         Command::SandboxCloud(a) => sandbox_cloud(a, &env),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
         other => run_client(other, &env),
     }
 }
@@ -267,7 +294,8 @@ fn run_client(cmd: Command, env: &[(String, String)]) -> ExitCode {
                 client::account_create(a, env).await
             }
             Command::Admin(AdminCommand::Credit(a)) => client::admin_credit(a, env).await,
-            Command::Serve(_) | Command::SandboxCloud(_) => Ok(()),
+            Command::Healthcheck(a) => healthcheck::run(a, env).await.map(|m| println!("{m}")),
+            Command::Serve(_) | Command::SandboxCloud(_) | Command::Config(_) => Ok(()),
         }
     });
     match result {

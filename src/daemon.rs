@@ -20,6 +20,7 @@ use crate::inference::catalog::Catalog;
 use crate::inference::{reaper, Inference, InferenceConfig};
 use crate::market::Market;
 use crate::money::Usd;
+use crate::notify::Notifier;
 use crate::providers::registry::Registry;
 use crate::rentals::{Rentals, RentalsConfig};
 use crate::sandbox;
@@ -141,10 +142,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let clock = Clock::system();
     let db_path = data_dir.join("spotd.redb");
-    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open the store: {e}"))?;
+    let notifier = Notifier::from_env();
+    let on_repair = notifier.repair_callback();
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_with_repair_callback(&db_path, on_repair))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot open the store: {e}"))?;
     let admin_hash = admin_hash(&store, &data_dir).await?;
 
     // Sandbox mode: the simulated clouds run in-process on their own loopback port.
@@ -282,6 +286,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         .map_err(|e| format!("cannot write spotd.addr: {e}"))?;
     println!("spotd listening on http://{bound}");
     tracing::info!(addr = %bound, sandbox = cfg.sandbox_mode(), "spotd listening");
+    notifier.ready();
+    let watchdog_stop = CancellationToken::new();
+    tokio::spawn(notifier.clone().run_watchdog(watchdog_stop.clone()));
+    tokio::spawn({
+        let (n, s) = (notifier.clone(), shutdown.clone());
+        async move {
+            s.cancelled().await;
+            n.stopping();
+        }
+    });
 
     api::serve(listener, app, shutdown).await;
 
@@ -298,5 +312,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         h.shutdown().await;
     }
     store.close();
+    watchdog_stop.cancel();
     Ok(())
 }

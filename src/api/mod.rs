@@ -7,7 +7,10 @@
 
 pub mod error;
 mod handlers;
+mod metrics;
+pub mod openapi;
 mod router;
+pub mod routes;
 pub mod views;
 
 use std::collections::HashSet;

@@ -10,7 +10,9 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use super::{error, handlers, App, Body};
+use tracing::Instrument;
+
+use super::{error, handlers, openapi, routes, App, Body};
 use crate::accounts;
 use crate::error::{Error, Result};
 use crate::ids;
@@ -49,19 +51,48 @@ pub type Reply = (StatusCode, Value);
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Logs and metrics name the route template, never the raw path (ids, typos).
+    let route = split_path(req.uri().path())
+        .map(|segs| routes::template(method.as_str(), &segs))
+        .unwrap_or(routes::UNMATCHED);
     let started = std::time::Instant::now();
-    let resp = match dispatch(&app, req).await {
-        Ok(r) => r,
-        Err(e) => error_response(&e),
-    };
+    let span = tracing::info_span!("request", method = %method, route);
+    let resp = async {
+        // The one route that answers text rather than JSON.
+        if method == Method::GET && route == "/metrics" {
+            return metrics_text(&app, req.headers())
+                .await
+                .unwrap_or_else(|e| error_response(&e));
+        }
+        match dispatch(&app, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        }
+    }
+    .instrument(span.clone())
+    .await;
     let status = resp.status().as_u16();
-    if path == "/healthz" || path == "/readyz" {
-        tracing::debug!(%method, %path, status, "request");
+    let elapsed = started.elapsed();
+    crate::metrics::observe_http(method.as_str(), route, status, elapsed);
+    let _in = span.enter();
+    if routes::is_health(route) {
+        tracing::debug!(status, "request");
     } else {
-        tracing::info!(%method, %path, status, ms = started.elapsed().as_millis() as u64, "request");
+        tracing::info!(status, ms = elapsed.as_millis() as u64, "request");
     }
     resp
+}
+
+/// `GET /metrics`: admin token, Prometheus text.
+async fn metrics_text(app: &App, headers: &HeaderMap) -> Result<Response<Body>> {
+    authenticate(app, headers, true).await?;
+    let text = super::metrics::render(app).await?;
+    let mut r = Response::new(full(text.into_bytes()));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+    );
+    Ok(r)
 }
 
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
@@ -204,6 +235,9 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
         (&Method::GET, ["readyz"]) => {
             let (st, v) = handlers::readyz(app).await?;
             return Ok(json_response(st, &v));
+        }
+        (&Method::GET, ["openapi.json"]) => {
+            return Ok(json_response(StatusCode::OK, openapi::document()));
         }
         _ => {}
     }

@@ -39,14 +39,34 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
-        LogFormat::Json => builder.event_format(JsonLines).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields)
+            .event_format(JsonLines)
+            .try_init(),
     };
     if let Some(e) = bad {
         tracing::warn!("SPOTD_LOG is not a valid filter ({e}); using info");
     }
 }
 
-/// One JSON object per event: `{"timestamp","level","target","spans"?,"message",...fields}`.
+/// Span fields stored as a JSON object's text, so that [`JsonLines`] can merge a
+/// span's fields (the request span's `method` and `route`) into each event's line.
+struct JsonFields;
+
+impl<'w> FormatFields<'w> for JsonFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut obj = Map::new();
+        fields.record(&mut JsonVisitor(&mut obj));
+        write!(writer, "{}", Value::Object(obj))
+    }
+}
+
+/// One JSON object per event: `{"timestamp","level","target","spans"?,"message",...fields}`,
+/// the fields of the enclosing spans included (the event's own win on a clash).
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -69,10 +89,15 @@ where
         obj.insert("level".into(), Value::String(meta.level().to_string()));
         obj.insert("target".into(), Value::String(meta.target().to_string()));
         if let Some(scope) = ctx.event_scope() {
-            let spans: Vec<Value> = scope
-                .from_root()
-                .map(|s| Value::String(s.name().to_string()))
-                .collect();
+            let mut spans = Vec::new();
+            for span in scope.from_root() {
+                spans.push(Value::String(span.name().to_string()));
+                let ext = span.extensions();
+                let fields = ext
+                    .get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                    .and_then(|f| serde_json::from_str::<Map<String, Value>>(f).ok());
+                obj.extend(fields.unwrap_or_default());
+            }
             obj.insert("spans".into(), Value::Array(spans));
         }
         event.record(&mut JsonVisitor(&mut obj));

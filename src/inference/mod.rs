@@ -182,7 +182,7 @@ impl Inference {
     }
 
     /// Seconds until a deploying rental should be ready: the estimate minus the time
-    /// already spent, at least 5.
+    /// already spent, at least 1.
     fn eta(&self, r: &Rental) -> u64 {
         let spent = ((self.clock.now() - r.created_at).max(0) / 1000) as u64;
         self.cfg
@@ -226,7 +226,7 @@ impl Inference {
         match self.rentals.rent(account, req).await {
             Ok(r) => {
                 tracing::info!(rental = %r.id, model = %m.id, "cold start");
-                crate::metrics_hooks::cold_started();
+                crate::metrics::cold_start();
                 self.activity.register(&r.id, self.clock.now());
                 Ok(if r.state == RentalState::Running && self.is_ready(&r).await {
                     Status::Ready(r)
@@ -395,7 +395,12 @@ impl Inference {
             .unwrap_or(false);
         if stream {
             // Ask for usage so the final chunk can be billed.
-            req["stream_options"] = json!({"include_usage": true});
+            match req.get_mut("stream_options").and_then(Value::as_object_mut) {
+                Some(o) => {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                }
+                None => req["stream_options"] = json!({"include_usage": true}),
+            }
         }
         let prompt_words = prompt_words(req);
         let request_id = ids::new_id("req");

@@ -125,7 +125,7 @@ pub async fn reap_once(inf: &Inference) -> Millis {
                         Ok(_) => {
                             inf.activity.forget(&r.id);
                             inf.forget_ready(&r.id);
-                            crate::metrics_hooks::reaped();
+                            crate::metrics::reap();
                         }
                         Err(e) => tracing::warn!(rental = %r.id, error = %e, "reap failed"),
                     }

@@ -212,7 +212,8 @@ impl Registry {
                 ));
             }
             let provider: Arc<dyn Provider> = Arc::new(Governed {
-                inner,
+                // Counted inside the quota: only calls that reached the provider count.
+                inner: crate::metrics::Counted::wrap(inner),
                 quota: RateLimiter::direct(Quota::per_minute(per_minute)),
             });
             entries.push(Entry {

@@ -75,7 +75,19 @@ impl Store {
     /// schema version and starts the writer thread. Blocking: call it before serving,
     /// or from `spawn_blocking`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        Store::open_with_repair_callback(path, |_| {})
+    }
+
+    /// [`Store::open`], calling `on_repair(progress)` (0.0 to 1.0) periodically while
+    /// redb repairs a file left by an unclean stop, which can take long on a big file;
+    /// under systemd the daemon extends its start timeout from it.
+    pub fn open_with_repair_callback(
+        path: &Path,
+        on_repair: impl Fn(f64) + 'static,
+    ) -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .set_repair_callback(move |s| on_repair(s.progress()))
+            .create(path)?;
         {
             let txn = db.begin_write()?;
             txn.open_table(META)?;

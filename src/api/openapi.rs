@@ -1,0 +1,385 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document of the whole API.
+//!
+//! Paths and methods come from [`routes::ROUTES`], the table tests hold to the routes
+//! actually served, so the document cannot list a route that does not exist or miss
+//! one that does. Bodies and schemas are written here, next to that table, from the
+//! views in `api::views`. Built once, on first request.
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value};
+
+use super::routes::{Access, Route, ROUTES};
+
+/// The document, built on first use.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+fn build() -> Value {
+    let mut paths = Map::new();
+    for r in ROUTES {
+        let item = paths
+            .entry(r.path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = item {
+            m.insert(r.method.to_ascii_lowercase(), operation(r));
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "spotd",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A self-hosted GPU spot marketplace: aggregate spot offers, rent in one call, exact per-second billing, OpenAI-compatible inference with cold starts. Money is USD as JSON numbers with at most 6 decimals; times are RFC 3339 UTC; errors have the OpenAI shape.",
+            "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"}
+        },
+        "paths": paths,
+        "components": components(),
+    })
+}
+
+fn operation_id(r: &Route) -> String {
+    let mut id = r.method.to_ascii_lowercase();
+    for s in r.path.split('/').filter(|s| !s.is_empty()) {
+        id.push('_');
+        id.extend(s.chars().filter(|c| *c != '{' && *c != '}').map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c
+            } else {
+                '_'
+            }
+        }));
+    }
+    id
+}
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn json_content(s: Value) -> Value {
+    json!({"application/json": {"schema": s}})
+}
+
+fn ok(desc: &str, s: Value) -> Value {
+    json!({"description": desc, "content": json_content(s)})
+}
+
+fn list_of(name: &str) -> Value {
+    json!({"allOf": [schema("List"), {"properties": {"data": {"type": "array", "items": schema(name)}}}]})
+}
+
+fn query(name: &str, ty: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "schema": {"type": ty}, "description": desc})
+}
+
+fn operation(r: &Route) -> Value {
+    let mut op = Map::new();
+    op.insert("summary".into(), r.summary.into());
+    op.insert("operationId".into(), operation_id(r).into());
+    let tag = match r.access {
+        Access::Public => "service",
+        Access::Admin => "admin",
+        Access::User => "user",
+    };
+    op.insert("tags".into(), json!([tag]));
+    let security = match r.access {
+        Access::Public => json!([]),
+        Access::User => json!([{"apiKey": []}]),
+        Access::Admin => json!([{"adminToken": []}]),
+    };
+    op.insert("security".into(), security);
+
+    let mut params: Vec<Value> = r
+        .path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    let (body, responses) = details(r, &mut params);
+    if !params.is_empty() {
+        op.insert("parameters".into(), Value::Array(params));
+    }
+    if let Some(b) = body {
+        op.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": json_content(b)}),
+        );
+    }
+    let mut resp = match responses {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    if r.access != Access::Public {
+        resp.insert(
+            "401".into(),
+            json!({"$ref": "#/components/responses/Error"}),
+        );
+        resp.insert(
+            "429".into(),
+            json!({"$ref": "#/components/responses/Error"}),
+        );
+    }
+    if r.method == "POST" {
+        op.insert(
+            "parameters".into(),
+            Value::Array({
+                let mut p = op
+                    .get("parameters")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                p.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                    "schema": {"type": "string", "maxLength": 255},
+                    "description": "Same key and body within 24 h returns the stored response; another body gives 422."}));
+                p
+            }),
+        );
+    }
+    resp.insert(
+        "default".into(),
+        json!({"$ref": "#/components/responses/Error"}),
+    );
+    op.insert("responses".into(), Value::Object(resp));
+    Value::Object(op)
+}
+
+/// Request body schema and success responses of one route.
+fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
+    match (r.method, r.path) {
+        ("GET", "/healthz") => (
+            None,
+            json!({"200": ok("Alive", json!({"type": "object", "properties": {"status": {"const": "ok"}}}))}),
+        ),
+        ("GET", "/readyz") => (
+            None,
+            json!({"200": ok("Ready", json!({"type": "object", "properties": {"status": {"const": "ready"}, "offers": {"type": "integer"}}})), "503": {"$ref": "#/components/responses/Error"}}),
+        ),
+        ("GET", "/openapi.json") => (
+            None,
+            json!({"200": ok("OpenAPI 3.1 document", json!({"type": "object"}))}),
+        ),
+        ("GET", "/metrics") => (
+            None,
+            json!({"200": {"description": "Prometheus text exposition format 0.0.4", "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}}),
+        ),
+        ("GET", "/v1/gpus/offers") => {
+            params.extend([
+                query("gpu", "string", "GPU model, case-insensitive (\"h100\", \"RTX 4090\")"),
+                query("gpu_count", "integer", "Exactly this many GPUs"),
+                query("min_gpu_count", "integer", "At least this many GPUs"),
+                query("min_vram_gb", "integer", "Per GPU"),
+                query("max_price", "number", "USD per hour, whole machine"),
+                query("provider", "string", "Provider name"),
+                query("region", "string", "Region"),
+                query("interruptible", "boolean", "Spot (true) or not"),
+                json!({"name": "sort", "in": "query", "required": false, "schema": {"enum": ["price", "-price", "price_per_gpu", "reliability", "-vram_gb"], "default": "price"}}),
+                json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}),
+                query("cursor", "string", "next_cursor of the previous page"),
+            ]);
+            (
+                None,
+                json!({"200": ok("A page of offers", list_of("Offer"))}),
+            )
+        }
+        ("GET", "/v1/gpus/offers/{id}") => (None, json!({"200": ok("The offer", schema("Offer"))})),
+        ("POST", "/v1/gpus/rentals") => (
+            Some(schema("RentRequest")),
+            json!({"201": ok("The rental", schema("Rental"))}),
+        ),
+        ("GET", "/v1/gpus/rentals") | ("GET", "/admin/v1/rentals") => {
+            params.push(json!({"name": "state", "in": "query", "required": false, "schema": schema("RentalState")}));
+            if r.access == Access::Admin {
+                params.push(query("account", "string", "Only this account's rentals"));
+            }
+            (None, json!({"200": ok("Rentals", list_of("Rental"))}))
+        }
+        ("GET", _) if r.path.ends_with("/rentals/{id}") => {
+            (None, json!({"200": ok("The rental", schema("Rental"))}))
+        }
+        ("DELETE", _) if r.path.ends_with("/rentals/{id}") => (
+            None,
+            json!({"200": ok("The rental, terminating or terminated", schema("Rental"))}),
+        ),
+        ("POST", "/v1/gpus/rentals/{id}/activity") => {
+            (None, json!({"200": ok("The rental", schema("Rental"))}))
+        }
+        ("GET", "/v1/models") => (None, json!({"200": ok("Models", list_of("Model"))})),
+        ("POST", "/v1/chat/completions")
+        | ("POST", "/v1/completions")
+        | ("POST", "/v1/embeddings") => {
+            params.push(json!({"name": "Prefer", "in": "header", "required": false, "schema": {"type": "string", "examples": ["wait=600"]},
+                "description": "RFC 7240 wait=N: hold the request open up to N seconds (at most 900) while a cold model deploys."}));
+            (
+                Some(
+                    json!({"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}}, "additionalProperties": true}),
+                ),
+                json!({
+                    "200": {"description": "The OpenAI-compatible answer (server-sent events when stream is true)",
+                            "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
+                    "202": {"description": "The model is being deployed on a spot GPU; retry after Retry-After seconds",
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                            "content": json_content(schema("Deploying"))}
+                }),
+            )
+        }
+        ("GET", "/v1/credits") => (None, json!({"200": ok("Balance", schema("Credits"))})),
+        ("GET", "/v1/credits/ledger") => {
+            params.push(json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}));
+            params.push(query(
+                "cursor",
+                "string",
+                "next_cursor of the previous page",
+            ));
+            (
+                None,
+                json!({"200": ok("Ledger entries", list_of("LedgerEntry"))}),
+            )
+        }
+        ("POST", "/admin/v1/accounts") => (
+            Some(
+                json!({"type": "object", "required": ["name"], "additionalProperties": false,
+                "properties": {"name": {"type": "string"}, "credit": schema("Usd")}}),
+            ),
+            json!({"201": ok("The account with its first API key (the secret is shown only here)", schema("Account"))}),
+        ),
+        ("GET", "/admin/v1/accounts") => (None, json!({"200": ok("Accounts", list_of("Account"))})),
+        ("GET", "/admin/v1/accounts/{id}") => (
+            None,
+            json!({"200": ok("The account and its keys", schema("Account"))}),
+        ),
+        ("POST", "/admin/v1/accounts/{id}/credits") => (
+            Some(
+                json!({"type": "object", "required": ["amount"], "additionalProperties": false,
+                "properties": {"amount": schema("Usd"), "note": {"type": "string", "maxLength": 500}}}),
+            ),
+            json!({"200": ok("The account and the new ledger entry", schema("Account"))}),
+        ),
+        ("POST", "/admin/v1/accounts/{id}/keys") => (
+            None,
+            json!({"201": ok("The key; its secret is shown only here", schema("ApiKey"))}),
+        ),
+        ("DELETE", "/admin/v1/keys/{key_id}") => (
+            None,
+            json!({"200": ok("The revoked key", schema("ApiKey"))}),
+        ),
+        ("GET", "/admin/v1/providers") => (
+            None,
+            json!({"200": ok("Providers", list_of("ProviderStatus"))}),
+        ),
+        _ => (None, json!({"200": ok("OK", json!({"type": "object"}))})),
+    }
+}
+
+fn components() -> Value {
+    let usd = json!({"type": "number", "description": "USD, exact, at most 6 decimals"});
+    let time = json!({"type": ["string", "null"], "format": "date-time"});
+    json!({
+        "securitySchemes": {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "An account's API key"},
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "The admin token (SPOTD_ADMIN_TOKEN or DATA_DIR/admin.token)"}
+        },
+        "responses": {
+            "Error": {"description": "An error in the OpenAI shape", "content": json_content(schema("Error"))}
+        },
+        "schemas": {
+            "Usd": usd,
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}}}}},
+            "List": {"type": "object", "required": ["object", "data"], "properties": {
+                "object": {"const": "list"}, "data": {"type": "array"}, "next_cursor": {"type": ["string", "null"]}}},
+            "Offer": {"type": "object", "properties": {
+                "id": {"type": "string", "description": "provider:native_id"}, "object": {"const": "gpu_offer"},
+                "provider": {"type": "string"}, "gpu": {"type": "string"}, "gpu_count": {"type": "integer"},
+                "vram_gb": {"type": "integer"}, "vcpus": {"type": "integer"}, "ram_gb": {"type": "integer"},
+                "disk_gb": {"type": "integer"}, "region": {"type": "string"}, "price_per_hour": usd,
+                "price_per_gpu_hour": usd, "on_demand_price_per_hour": {"type": ["number", "null"]},
+                "interruptible": {"type": "boolean"}, "reliability": {"type": "number", "minimum": 0, "maximum": 1},
+                "available": {"type": "integer"}, "updated_at": time}},
+            "RentalState": {"enum": ["provisioning", "running", "terminating", "terminated", "failed", "interrupted"]},
+            "Rental": {"type": "object", "properties": {
+                "id": {"type": "string"}, "object": {"const": "gpu_rental"}, "state": schema("RentalState"),
+                "offer": schema("Offer"), "provider": {"type": "string"}, "price_per_hour": usd,
+                "model": {"type": ["string", "null"]}, "endpoint": {"type": ["string", "null"]},
+                "ssh": {"type": ["object", "null"], "properties": {"host": {"type": "string"}, "port": {"type": "integer"}, "user": {"type": "string"}}},
+                "created_at": time, "started_at": time, "ended_at": time, "last_activity_at": time,
+                "termination_reason": {"enum": ["user", "idle", "max_duration", "insufficient_credit", "preempted", "provision_failed", "provider_error", "admin", null]},
+                "cost": usd, "hold": usd}},
+            "RentRequest": {"type": "object", "additionalProperties": false,
+                "description": "Either offer_id, or criteria that pick the cheapest matching offer.",
+                "properties": {
+                    "offer_id": {"type": "string"}, "gpu": {"type": "string"}, "gpu_count": {"type": "integer", "minimum": 1, "maximum": 64},
+                    "min_gpu_count": {"type": "integer"}, "min_vram_gb": {"type": "integer"}, "max_price_per_hour": usd,
+                    "provider": {"type": "string"}, "region": {"type": "string"}, "interruptible": {"type": "boolean"},
+                    "image": {"type": "string"}, "name": {"type": "string"}, "ssh_public_key": {"type": "string"},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "idle_timeout_seconds": {"type": "integer"}, "max_duration_seconds": {"type": "integer"}}},
+            "Credits": {"type": "object", "properties": {"balance": usd, "held": usd, "available": usd}},
+            "LedgerEntry": {"type": "object", "properties": {
+                "id": {"type": "string"}, "at": time, "kind": {"enum": ["credit", "hold", "release", "charge"]},
+                "amount": usd, "rental_id": {"type": ["string", "null"]}, "request_id": {"type": ["string", "null"]},
+                "note": {"type": ["string", "null"]}, "balance_after": usd}},
+            "ApiKey": {"type": "object", "properties": {"id": {"type": "string"}, "key": {"type": "string", "description": "The secret; present only when the key is created"}}, "additionalProperties": true},
+            "Account": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                "balance": usd, "held": usd, "available": usd, "created_at": time,
+                "api_key": schema("ApiKey"), "api_keys": {"type": "array", "items": schema("ApiKey")}}, "additionalProperties": true},
+            "ProviderStatus": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
+                "base_url": {"type": ["string", "null"]}, "status": {"enum": ["pending", "ok", "stale", "failing"]},
+                "offers": {"type": "integer"}, "last_refresh_at": time, "last_attempt_at": time,
+                "last_error": {"type": ["string", "null"]}, "stale": {"type": "boolean"}}},
+            "Model": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                "availability": {"enum": ["instant", "deploying", "cold"]}, "estimated_deploy_seconds": {"type": ["integer", "null"]}},
+                "additionalProperties": true},
+            "Deploying": {"type": "object", "properties": {"status": {"const": "deploying"}, "message": {"type": "string"},
+                "type": {"const": "model_deploying"}, "estimated_ready_seconds": {"type": "integer"}}}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn document_paths_and_methods_are_exactly_the_route_table() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut listed = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                listed.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        let table: BTreeSet<_> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(listed, table);
+    }
+
+    #[test]
+    fn every_ref_resolves_and_path_params_are_declared() {
+        let doc = document();
+        let text = doc.to_string();
+        for part in text.split("\"$ref\":\"#/components/").skip(1) {
+            let target = &part[..part.find('"').unwrap()];
+            let (section, name) = target.split_once('/').unwrap();
+            assert!(
+                !doc["components"][section][name].is_null(),
+                "dangling $ref {target}"
+            );
+        }
+        let op = &doc["paths"]["/admin/v1/keys/{key_id}"]["delete"];
+        assert_eq!(op["parameters"][0]["name"], "key_id");
+        assert_eq!(op["security"][0]["adminToken"], serde_json::json!([]));
+        assert_eq!(
+            doc["paths"]["/healthz"]["get"]["security"],
+            serde_json::json!([])
+        );
+        let ids: BTreeSet<_> = ROUTES.iter().map(operation_id).collect();
+        assert_eq!(ids.len(), ROUTES.len(), "operationIds must be unique");
+    }
+}
