@@ -30,7 +30,7 @@ install -m 0755 "$BIN" "$STAGE/usr/bin/spotd"
 install -m 0644 packaging/spotd.service "$STAGE/usr/lib/systemd/system/spotd.service"
 install -m 0644 packaging/spotd.sysusers "$STAGE/usr/lib/sysusers.d/spotd.conf"
 install -m 0644 packaging/spotd.toml "$STAGE/usr/share/doc/spotd/spotd.toml.example"
-install -m 0644 docs/install.md "$STAGE/usr/share/doc/spotd/install.md"
+install -m 0644 README.md "$STAGE/usr/share/doc/spotd/README.md"
 # The installed config: every key of the example, but the example providers, upstreams
 # and models commented out: a fresh install must not call 10.0.0.5 or a paid API.
 awk '
