@@ -52,7 +52,7 @@ Installed-Size: $SIZE
 Section: net
 Priority: optional
 Depends: systemd | systemd-standalone-sysusers | adduser
-Homepage: file:/usr/share/doc/spotd/install.md
+Homepage: file:/usr/share/doc/spotd/README.md
 Description: self-hosted GPU spot marketplace
  spotd aggregates spot GPU offers from several providers, rents a GPU in one
  API call, bills per second against prepaid credit and routes OpenAI-compatible
