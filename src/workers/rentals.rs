@@ -32,7 +32,9 @@ enum Step {
     Running(Instance),
     Seen,
     Fail(TerminationReason, String),
-    Interrupt(TerminationReason, Millis),
+    /// Ended under the rental; `true` when the instance still exists and must be
+    /// destroyed (a stopped Vast bid, an exited container: they keep billing storage).
+    Interrupt(TerminationReason, Millis, bool),
     Teardown(TerminationReason),
     Terminate,
     Confirmed,
@@ -147,12 +149,14 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
                     .as_deref()
                     .and_then(parse_rfc3339)
                     .unwrap_or_else(|| r.seen_running_at.unwrap_or(now));
-                Step::Interrupt(reason, at.min(now))
+                let destroy = matches!(i.state, InstanceState::Interrupted | InstanceState::Failed);
+                Step::Interrupt(reason, at.min(now), destroy)
             }
             Some(_) => Step::Nothing,
             None => Step::Interrupt(
                 TerminationReason::ProviderError,
                 r.seen_running_at.unwrap_or(now),
+                false,
             ),
         },
         RentalState::Terminating => match inst {
@@ -218,7 +222,7 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
             }
             res.map(|_| ())
         }
-        Step::Interrupt(reason, at) => {
+        Step::Interrupt(reason, at, destroy) => {
             let res = rs
                 .update(&id, None, move |tx, a, r, now| {
                     if r.state != RentalState::Running {
@@ -230,6 +234,16 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
                 .await;
             if let Ok((r, true)) = &res {
                 rs.notify_preempted(r);
+                // The orphan sweep skips ended instances, so this is the one place a
+                // preempted-but-still-existing instance is destroyed.
+                if let (true, Some(iid), Some(p)) =
+                    (destroy, &r.instance_id, rs.registry.get(&r.provider))
+                {
+                    if let Err(e) = p.terminate(iid).await {
+                        tracing::warn!(rental = %r.id, instance = %iid, error = %e,
+                            "could not destroy the instance of an interrupted rental");
+                    }
+                }
             }
             res.map(|_| ())
         }

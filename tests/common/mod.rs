@@ -31,8 +31,12 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub admin: String,
+    /// Empty when the daemon runs without `--sandbox` (no demo account then).
     pub demo_key: String,
     client: HttpClient,
+    /// How `restart` spawns it again: sandbox flag and extra child environment.
+    sandbox: bool,
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -48,33 +52,36 @@ impl Resp {
     }
 }
 
-fn spawn(dir: &Path) -> (Child, String) {
+/// Spawns `spotd serve` on `dir` (config `dir/test.toml`); `env` is set in the child
+/// only (provider keys never touch the test process's environment).
+fn spawn(dir: &Path, sandbox: bool, env: &[(String, String)]) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotd"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--sandbox",
-        "--data-dir",
-    ])
-    .arg(dir)
-    .arg("--config")
-    .arg(dir.join("test.toml"))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::from(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("daemon.log"))
-            .expect("log file"),
-    ));
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    if sandbox {
+        cmd.arg("--sandbox");
+    }
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(dir.join("test.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("daemon.log"))
+                .expect("log file"),
+        ));
     for (k, _) in std::env::vars() {
         if k.starts_with("SPOTD_") {
             cmd.env_remove(k);
         }
     }
     cmd.env("SPOTD_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let mut child = cmd.spawn().expect("spawn spotd");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
@@ -99,7 +106,24 @@ impl Daemon {
     pub fn start(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("test.toml"), merge_toml(FAST, extra)).expect("config");
-        let (child, url) = spawn(dir.path());
+        Daemon::launch(dir, true, Vec::new())
+    }
+
+    /// Starts the daemon WITHOUT `--sandbox` on exactly `config` (TOML; with
+    /// `[[providers]]` it runs against them), `env` set in the child only. There is no
+    /// demo account: `demo_key` is empty, create accounts with [`Daemon::account`].
+    pub fn start_with_config(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("test.toml"), config).expect("config");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Daemon::launch(dir, false, env)
+    }
+
+    fn launch(dir: tempfile::TempDir, sandbox: bool, env: Vec<(String, String)>) -> Daemon {
+        let (child, url) = spawn(dir.path(), sandbox, &env);
         let read = |f: &str| {
             std::fs::read_to_string(dir.path().join(f))
                 .unwrap_or_else(|e| panic!("{f}: {e}"))
@@ -108,11 +132,17 @@ impl Daemon {
         };
         Daemon {
             admin: read("admin.token"),
-            demo_key: read("demo.key"),
+            demo_key: if sandbox {
+                read("demo.key")
+            } else {
+                String::new()
+            },
             child: Some(child),
             url,
             dir,
             client: HttpClient::new(Duration::from_secs(30)),
+            sandbox,
+            env,
         }
     }
 
@@ -145,7 +175,7 @@ impl Daemon {
     /// Starts the daemon again on the same data dir (a new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill it first");
-        let (child, url) = spawn(self.dir.path());
+        let (child, url) = spawn(self.dir.path(), self.sandbox, &self.env);
         self.child = Some(child);
         self.url = url;
     }
