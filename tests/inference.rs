@@ -151,7 +151,10 @@ async fn hosted_models_are_instant_and_billed_per_token() {
     // Streams are charged when they end, a moment after the client has read them.
     let deadline = Instant::now() + Duration::from_secs(5);
     while request_charges(&d, &key).await.len() < 3 {
-        assert!(Instant::now() < deadline, "include_usage stream never billed");
+        assert!(
+            Instant::now() < deadline,
+            "include_usage stream never billed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Unknown model: 404 model_not_found, nothing charged.
@@ -187,7 +190,11 @@ async fn hosted_models_are_instant_and_billed_per_token() {
             .await;
         assert_eq!(r.status, 400, "{:?}", r.body);
     }
-    assert_eq!(request_charges(&d, &key).await.len(), before, "errors cost nothing");
+    assert_eq!(
+        request_charges(&d, &key).await.len(),
+        before,
+        "errors cost nothing"
+    );
     d.assert_books_balance(&key).await;
 }
 

@@ -72,7 +72,12 @@ pub const ROUTES: &[Route] = &[
         "Mark a rental used (resets its idle clock)",
     ),
     r("GET", "/v1/models", User, "Models and their availability"),
-    r("GET", "/v1/models/{id}", User, "One model and its availability"),
+    r(
+        "GET",
+        "/v1/models/{id}",
+        User,
+        "One model and its availability",
+    ),
     r(
         "POST",
         "/v1/chat/completions",

@@ -18,7 +18,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::rest::{self, call, parse, status_error};
+use super::rest::{self, parse, status_error, RestApi};
 use super::{CreateInstance, Instance, InstanceState, Provider, ProviderError, ProviderOffer};
 use crate::http_client::{HttpClient, HttpResponse};
 use crate::market::normalize_gpu;
@@ -31,21 +31,10 @@ pub const LAUNCH_INTERVAL: Duration = Duration::from_secs(12);
 pub const RELIABILITY: f64 = 0.99;
 const SEP: char = '@';
 
+#[derive(Debug)]
 pub struct LambdaProvider {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: HttpClient,
+    api: RestApi,
     launches: DefaultDirectRateLimiter,
-}
-
-impl std::fmt::Debug for LambdaProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LambdaProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Lambda names errors by `error.code`; the message text is not a contract.
@@ -188,31 +177,15 @@ impl LambdaProvider {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::MIN);
         LambdaProvider {
-            name: name.into(),
-            base_url: base_url
-                .unwrap_or(DEFAULT_BASE_URL)
-                .trim_end_matches('/')
-                .to_string(),
-            api_key,
-            client,
+            api: RestApi::new(name.into(), base_url, DEFAULT_BASE_URL, api_key, client),
             launches: RateLimiter::direct(quota),
         }
-    }
-
-    async fn req(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<HttpResponse, ProviderError> {
-        let url = format!("{}{path}", self.base_url);
-        call(&self.client, method, &url, self.api_key.as_deref(), body).await
     }
 
     /// The key name to launch with: the request's key (registered if new), else the
     /// account's first key (Lambda requires exactly one).
     async fn ssh_key_name(&self, public_key: Option<&str>) -> Result<String, ProviderError> {
-        let r = self.req(Method::GET, "/ssh-keys", None).await?;
+        let r = self.api.req(Method::GET, "/ssh-keys", None).await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r, |_| false));
         }
@@ -235,7 +208,7 @@ impl LambdaProvider {
             return Ok(name);
         }
         let body = json!({ "name": name, "public_key": pk.trim() });
-        let r = self.req(Method::POST, "/ssh-keys", Some(&body)).await?;
+        let r = self.api.req(Method::POST, "/ssh-keys", Some(&body)).await?;
         if !r.status.is_success() {
             return Err(status_error(&r, |_| false));
         }
@@ -246,11 +219,11 @@ impl LambdaProvider {
 #[async_trait]
 impl Provider for LambdaProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.api.name
     }
 
     async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
-        let r = self.req(Method::GET, "/instance-types", None).await?;
+        let r = self.api.req(Method::GET, "/instance-types", None).await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r, |_| false));
         }
@@ -282,6 +255,7 @@ impl Provider for LambdaProvider {
         });
         self.launches.until_ready().await;
         let r = self
+            .api
             .req(Method::POST, "/instance-operations/launch", Some(&body))
             .await?;
         if !r.status.is_success() {
@@ -305,6 +279,7 @@ impl Provider for LambdaProvider {
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let r = self
+            .api
             .req(Method::GET, &format!("/instances/{}", rest::seg(id)), None)
             .await?;
         if r.status == StatusCode::OK {
@@ -320,7 +295,7 @@ impl Provider for LambdaProvider {
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
-        let r = self.req(Method::GET, "/instances", None).await?;
+        let r = self.api.req(Method::GET, "/instances", None).await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r, |_| false));
         }
@@ -334,6 +309,7 @@ impl Provider for LambdaProvider {
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let body = json!({ "instance_ids": [id] });
         let r = self
+            .api
             .req(Method::POST, "/instance-operations/terminate", Some(&body))
             .await?;
         if r.status.is_success() {

@@ -60,6 +60,56 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(r: &HttpResponse) -> Result<
 }
 
 /// One authenticated JSON call; transport failures are already mapped.
+/// One provider's REST API: its name, address, key and client. `Debug` never shows
+/// the key.
+pub(crate) struct RestApi {
+    pub(crate) name: String,
+    base_url: String,
+    api_key: Option<String>,
+    client: HttpClient,
+}
+
+impl std::fmt::Debug for RestApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestApi")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestApi {
+    /// `base_url` from the config, or the provider's real address.
+    pub(crate) fn new(
+        name: String,
+        base_url: Option<&str>,
+        default_base_url: &str,
+        api_key: Option<String>,
+        client: HttpClient,
+    ) -> RestApi {
+        RestApi {
+            name,
+            base_url: base_url
+                .unwrap_or(default_base_url)
+                .trim_end_matches('/')
+                .to_string(),
+            api_key,
+            client,
+        }
+    }
+
+    /// `method base_url+path` with the key as a bearer token and `body` as JSON.
+    pub(crate) async fn req(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<HttpResponse, ProviderError> {
+        let url = format!("{}{path}", self.base_url);
+        call(&self.client, method, &url, self.api_key.as_deref(), body).await
+    }
+}
+
 pub(crate) async fn call(
     client: &HttpClient,
     method: Method,

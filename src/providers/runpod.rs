@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::rest::{self, call, parse, status_error};
+use super::rest::{self, parse, status_error, RestApi};
 use super::{CreateInstance, Instance, InstanceState, Provider, ProviderError, ProviderOffer};
 use crate::http_client::{HttpClient, HttpResponse};
 use crate::market::normalize_gpu;
@@ -28,20 +28,9 @@ pub const COMMUNITY_RELIABILITY: f64 = 0.95;
 const COUNTS: [u32; 4] = [1, 2, 4, 8];
 const SEP: char = '~';
 
+#[derive(Debug)]
 pub struct RunpodProvider {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: HttpClient,
-}
-
-impl std::fmt::Debug for RunpodProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunpodProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
-    }
+    api: RestApi,
 }
 
 /// RunPod's create answers 400 both for rule violations and for exhausted capacity
@@ -193,24 +182,8 @@ impl RunpodProvider {
         client: HttpClient,
     ) -> RunpodProvider {
         RunpodProvider {
-            name: name.into(),
-            base_url: base_url
-                .unwrap_or(DEFAULT_BASE_URL)
-                .trim_end_matches('/')
-                .to_string(),
-            api_key,
-            client,
+            api: RestApi::new(name.into(), base_url, DEFAULT_BASE_URL, api_key, client),
         }
-    }
-
-    async fn req(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<HttpResponse, ProviderError> {
-        let url = format!("{}{path}", self.base_url);
-        call(&self.client, method, &url, self.api_key.as_deref(), body).await
     }
 
     fn one(r: &HttpResponse) -> Result<Instance, ProviderError> {
@@ -222,11 +195,12 @@ impl RunpodProvider {
 #[async_trait]
 impl Provider for RunpodProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.api.name
     }
 
     async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
         let r = self
+            .api
             .req(
                 Method::GET,
                 "/catalog/gpus?include=AVAILABILITY&product=POD",
@@ -260,7 +234,7 @@ impl Provider for RunpodProvider {
             "ports": ["22/tcp"],
             "startSsh": true,
         });
-        let r = self.req(Method::POST, "/pods", Some(&body)).await?;
+        let r = self.api.req(Method::POST, "/pods", Some(&body)).await?;
         if !r.status.is_success() {
             return Err(status_error(&r, no_capacity));
         }
@@ -271,6 +245,7 @@ impl Provider for RunpodProvider {
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let r = self
+            .api
             .req(Method::GET, &format!("/pods/{}", rest::seg(id)), None)
             .await?;
         match r.status {
@@ -281,7 +256,7 @@ impl Provider for RunpodProvider {
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
-        let r = self.req(Method::GET, "/pods", None).await?;
+        let r = self.api.req(Method::GET, "/pods", None).await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r, |_| false));
         }
@@ -294,6 +269,7 @@ impl Provider for RunpodProvider {
 
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let r = self
+            .api
             .req(Method::DELETE, &format!("/pods/{}", rest::seg(id)), None)
             .await?;
         match r.status {

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::rest::{self, call, parse, status_error};
+use super::rest::{self, parse, status_error, RestApi};
 use super::{CreateInstance, Instance, InstanceState, Provider, ProviderError, ProviderOffer};
 use crate::http_client::{HttpClient, HttpResponse};
 use crate::market::normalize_gpu;
@@ -28,20 +28,9 @@ pub const DEFAULT_IMAGE: &str = "vastai/base-image:cuda-12.4.1-auto";
 const DISK_GB: u32 = 32;
 const BID_MARK: &str = "-bid-";
 
+#[derive(Debug)]
 pub struct VastProvider {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: HttpClient,
-}
-
-impl std::fmt::Debug for VastProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VastProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
-    }
+    api: RestApi,
 }
 
 /// "no_such_ask" (404, or 410 when the ask cannot start) means the machine is gone.
@@ -58,28 +47,13 @@ impl VastProvider {
         client: HttpClient,
     ) -> VastProvider {
         VastProvider {
-            name: name.into(),
-            base_url: base_url
-                .unwrap_or(DEFAULT_BASE_URL)
-                .trim_end_matches('/')
-                .to_string(),
-            api_key,
-            client,
+            api: RestApi::new(name.into(), base_url, DEFAULT_BASE_URL, api_key, client),
         }
-    }
-
-    async fn req(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<HttpResponse, ProviderError> {
-        let url = format!("{}{path}", self.base_url);
-        call(&self.client, method, &url, self.api_key.as_deref(), body).await
     }
 
     async fn register_key(&self, key: &str) -> Result<(), ProviderError> {
         let r = self
+            .api
             .req(Method::POST, "/ssh/", Some(&json!({ "ssh_key": key })))
             .await?;
         match r.status {
@@ -212,7 +186,7 @@ fn instance_of(i: &Value) -> Option<Instance> {
 #[async_trait]
 impl Provider for VastProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.api.name
     }
 
     async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
@@ -225,7 +199,10 @@ impl Provider for VastProvider {
             "allocated_storage": DISK_GB,
             "limit": 1000,
         });
-        let r = self.req(Method::POST, "/bundles/", Some(&query)).await?;
+        let r = self
+            .api
+            .req(Method::POST, "/bundles/", Some(&query))
+            .await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r, |_| false));
         }
@@ -254,6 +231,7 @@ impl Provider for VastProvider {
             body["price"] = b.to_json();
         }
         let r = self
+            .api
             .req(Method::PUT, &format!("/asks/{ask}/"), Some(&body))
             .await?;
         if !r.status.is_success() {
@@ -277,7 +255,7 @@ impl Provider for VastProvider {
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let path = format!("/instances/{}/?owner=me", rest::seg(id));
-        let r = self.req(Method::GET, &path, None).await?;
+        let r = self.api.req(Method::GET, &path, None).await?;
         match r.status {
             StatusCode::OK => {
                 let v: Value = parse(&r)?;
@@ -296,7 +274,10 @@ impl Provider for VastProvider {
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
-        let r = self.req(Method::GET, "/instances/?owner=me", None).await?;
+        let r = self
+            .api
+            .req(Method::GET, "/instances/?owner=me", None)
+            .await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r, |_| false));
         }
@@ -309,7 +290,7 @@ impl Provider for VastProvider {
 
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let path = format!("/instances/{}/", rest::seg(id));
-        let r = self.req(Method::DELETE, &path, None).await?;
+        let r = self.api.req(Method::DELETE, &path, None).await?;
         match r.status {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
