@@ -343,7 +343,8 @@ pub async fn reconcile_once(rs: &Rentals) -> usize {
             let label = inst.label.clone();
             let rental = rs.store.read(move |rx| rx.rental(&label)).await;
             let live = match rental {
-                Ok(Some(r)) => !r.state.is_terminal() && r.provider == name,
+                // Live on any provider entry: two entries may share one cloud account.
+                Ok(Some(r)) => !r.state.is_terminal(),
                 Ok(None) => false,
                 Err(e) => {
                     tracing::warn!(error = %e, "reconcile: cannot read rental");
