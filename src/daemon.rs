@@ -158,13 +158,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         let l = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("cannot bind the sandbox: {e}"))?;
-        let h = sandbox::start(
-            l,
-            cfg.sandbox.clone(),
-            &data_dir.join("sandbox"),
-            clock.clone(),
-        )
-        .await?;
+        // The sandbox keeps its clouds in DATA_DIR/sandbox/clouds.redb.
+        let h = sandbox::start(l, cfg.sandbox.clone(), &data_dir, clock.clone()).await?;
         providers = sandbox_providers(&h, cfg.sandbox.refresh_seconds);
         ensure_demo_account(&store, &clock, &data_dir).await?;
         sandbox_handle = Some(h);

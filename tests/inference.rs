@@ -15,7 +15,8 @@ use spotd::money::Usd;
 
 const COLD: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const FAST_MODELS: &str =
-    "[sandbox]\nmodel_load_seconds = 1\n[deployments]\nidle_timeout_seconds = 3\n";
+    "[sandbox]\nmodel_load_seconds = 1\n[deployments]\nidle_timeout_seconds = 3\n\
+    [[models]]\nid = \"giant/needs-a-datacenter\"\nmin_vram_gb = 100000\n";
 
 fn chat(model: &str, stream: bool) -> Vec<u8> {
     json!({"model": model, "stream": stream,
@@ -323,6 +324,29 @@ async fn prefer_wait_answers_with_the_completion_and_no_funds_is_402() {
         )
         .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
+
+    // No offer fits the model: 503 with a clear message, nothing rented.
+    let r = d
+        .call_h(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            &[],
+            Some(chat("giant/needs-a-datacenter", false)),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let msg = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("giant/needs-a-datacenter") && msg.contains("100000 GB"),
+        "{msg}"
+    );
+    let rentals = d.get("/v1/gpus/rentals", &key).await;
+    assert!(!rentals.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["model"] == "giant/needs-a-datacenter"));
 
     // No funds: 402, nothing rented, nothing held.
     let (_, poor) = d.account("poor", "0.000001").await;
