@@ -53,6 +53,18 @@ pub async fn create_account(
     name: &str,
     credit: Usd,
 ) -> Result<(Account, IssuedKey)> {
+    create_account_with_id(store, clock, name, credit, None).await
+}
+
+/// Like [`create_account`] with a chosen id (from an Idempotency-Key): when that account
+/// exists already (the first answer was lost), it gets a new key instead of a twin.
+pub async fn create_account_with_id(
+    store: &Store,
+    clock: &Clock,
+    name: &str,
+    credit: Usd,
+    id: Option<String>,
+) -> Result<(Account, IssuedKey)> {
     validate_name(name)?;
     if credit.is_negative() {
         return Err(Error::bad_param("credit", "credit must not be negative"));
@@ -62,8 +74,12 @@ pub async fn create_account(
     store
         .write(move |tx| {
             let now = clock.now();
+            if let Some(existing) = id.as_deref().map(|i| tx.account(i)).transpose()?.flatten() {
+                let k = issue_key(tx, &existing.id, now)?;
+                return Ok((existing, k));
+            }
             let mut a = Account {
-                id: ids::new_id("acct"),
+                id: id.unwrap_or_else(|| ids::new_id("acct")),
                 name,
                 created_at: now,
                 balance: Usd::ZERO,
@@ -88,6 +104,20 @@ pub async fn add_credit(
     amount: Usd,
     note: Option<String>,
 ) -> Result<(Account, LedgerEntry)> {
+    add_credit_once(store, clock, account_id, amount, note, None).await
+}
+
+/// Like [`add_credit`]; with `once` (derived from an Idempotency-Key) the credit is
+/// recorded under that marker in the same transaction, so a retry after a lost answer
+/// returns the first entry instead of crediting twice.
+pub async fn add_credit_once(
+    store: &Store,
+    clock: &Clock,
+    account_id: &str,
+    amount: Usd,
+    note: Option<String>,
+    once: Option<String>,
+) -> Result<(Account, LedgerEntry)> {
     let id = account_id.to_string();
     let clock = clock.clone();
     store
@@ -95,8 +125,24 @@ pub async fn add_credit(
             let mut a = tx
                 .account(&id)?
                 .ok_or_else(|| Error::NotFound(format!("no account with id '{id}'")))?;
+            let marker = once.map(|o| format!("credit:{id}:{o}"));
+            if let Some(m) = &marker {
+                if let Some(seq) = tx.meta::<u64>(m)? {
+                    let e = tx
+                        .ledger(&id, Some(seq + 1), 1)?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| {
+                            Error::Internal(format!("credit marker {m} names no entry"))
+                        })?;
+                    return Ok((a, e));
+                }
+            }
             let e = ledger::credit(tx, &mut a, amount, note, clock.now())?;
             tx.put_account(&a)?;
+            if let Some(m) = &marker {
+                tx.put_meta(m, &e.seq)?;
+            }
             Ok((a, e))
         })
         .await
@@ -158,4 +204,41 @@ pub async fn get_account(store: &Store, id: &str) -> Result<Account> {
                 .ok_or_else(|| Error::NotFound(format!("no account with id '{id}'")))
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retried_credit_or_account_create_happens_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("a.redb")).unwrap();
+        let clock = Clock::manual(1_000);
+        let id = Some("acct_fixed0000000001".to_string());
+        let (a1, k1) = create_account_with_id(&store, &clock, "t", Usd(5_000_000), id.clone())
+            .await
+            .unwrap();
+        // The answer was lost; the retry finds the account and issues another key.
+        let (a2, k2) = create_account_with_id(&store, &clock, "t", Usd(5_000_000), id)
+            .await
+            .unwrap();
+        assert_eq!(a1.id, a2.id);
+        assert_eq!(a2.balance, Usd(5_000_000), "credited once");
+        assert_ne!(k1.secret, k2.secret);
+        let once = Some("0123456789abcdef".to_string());
+        let (_, e1) = add_credit_once(&store, &clock, &a1.id, Usd(2_500_000), None, once.clone())
+            .await
+            .unwrap();
+        let (a, e2) = add_credit_once(&store, &clock, &a1.id, Usd(2_500_000), None, once)
+            .await
+            .unwrap();
+        assert_eq!(e1, e2, "the retry answers the first entry");
+        assert_eq!(a.balance, Usd(7_500_000));
+        let entries = store
+            .read(move |rx| rx.ledger(&a.id, None, 100))
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 2, "opening credit + one top-up");
+    }
 }

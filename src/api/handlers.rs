@@ -122,8 +122,9 @@ pub async fn user(app: &Arc<App>, ctx: &Ctx, account: &Account, key: &ApiKey) ->
             Ok((StatusCode::OK, views::offer(&o)))
         }
         (&Method::POST, ["gpus", "rentals"]) => {
-            idempotent(app, &account.id, ctx, || async {
-                let req = parse_rent(ctx)?;
+            idempotent(app, &account.id, ctx, |stable| async move {
+                let mut req = parse_rent(ctx)?;
+                req.id = stable.map(|s| format!("rnt_{s}"));
                 let r = app.rentals.rent(&account.id, req).await?;
                 Ok((StatusCode::CREATED, views::rental(&r)))
             })
@@ -341,6 +342,7 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
         idle_timeout_seconds: b.idle_timeout_seconds,
         max_duration_seconds: b.max_duration_seconds,
         model: None,
+        id: None,
     })
 }
 
@@ -365,13 +367,14 @@ pub async fn admin(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let clock = &app.clock;
     match (&ctx.method, s.as_slice()) {
         (&Method::POST, ["admin", "v1", "accounts"]) => {
-            idempotent(app, "admin", ctx, || async {
+            idempotent(app, "admin", ctx, |stable| async move {
                 let b: NewAccount = ctx.json()?;
-                let (a, k) = accounts::create_account(
+                let (a, k) = accounts::create_account_with_id(
                     &app.store,
                     clock,
                     &b.name,
                     b.credit.unwrap_or(Usd::ZERO),
+                    stable.map(|s| format!("acct_{s}")),
                 )
                 .await?;
                 let mut v = views::account(&a);
@@ -406,7 +409,7 @@ pub async fn admin(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
             Ok((StatusCode::OK, v))
         }
         (&Method::POST, ["admin", "v1", "accounts", id, "credits"]) => {
-            idempotent(app, "admin", ctx, || async {
+            idempotent(app, "admin", ctx, |stable| async move {
                 let b: CreditBody = ctx.json()?;
                 if let Some(n) = &b.note {
                     if n.len() > 500 {
@@ -416,7 +419,9 @@ pub async fn admin(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
                         ));
                     }
                 }
-                let (a, e) = accounts::add_credit(&app.store, clock, id, b.amount, b.note).await?;
+                let (a, e) =
+                    accounts::add_credit_once(&app.store, clock, id, b.amount, b.note, stable)
+                        .await?;
                 let mut v = views::account(&a);
                 v["entry"] = views::ledger_entry(&e);
                 Ok((StatusCode::OK, v))

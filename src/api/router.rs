@@ -272,13 +272,18 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
 /// Runs `f` at most once per `Idempotency-Key` (SPEC section 3): the same key and body
 /// within 24 h answers the stored response; the same key with another body is 422.
 /// Without the header, `f` just runs.
+///
+/// `f` gets a stable id derived from the scope and the key (or `None` without a key):
+/// operations use it for the object they create, so a retry after a crash between the
+/// operation's commit and the stored response finds that object instead of making a
+/// second one.
 pub async fn idempotent<F, Fut>(app: &App, scope: &str, ctx: &Ctx, f: F) -> Result<Reply>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<Reply>>,
 {
     let Some(key) = ctx.headers.get("idempotency-key") else {
-        return f().await;
+        return f(None).await;
     };
     let key = key
         .to_str()
@@ -316,7 +321,8 @@ where
     let result = match again {
         Ok(Some(rec)) if now - rec.created_at < IDEMPOTENCY_TTL_MS => replay(rec, &body_hash),
         Ok(_) => {
-            let r = f().await;
+            let stable = ids::hash_bytes(format!("{scope}\u{0}{key}").as_bytes());
+            let r = f(Some(stable[..16].to_string())).await;
             let stored = match &r {
                 Ok((status, v)) => Some((status.as_u16(), v.clone())),
                 Err(e) => {

@@ -222,6 +222,7 @@ impl Inference {
             idle_timeout_seconds: None,
             max_duration_seconds: None,
             model: Some(m.id.clone()),
+            id: None,
         };
         match self.rentals.rent(account, req).await {
             Ok(r) => {

@@ -55,6 +55,9 @@ pub struct RentRequest {
     pub max_duration_seconds: Option<u64>,
     /// Set for model deployments (cold starts).
     pub model: Option<String>,
+    /// The rental id to use (derived from an Idempotency-Key); a rental that already
+    /// has it is answered instead of renting again.
+    pub id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -228,6 +231,12 @@ impl Rentals {
     /// Rents a GPU: writes the rental and its hold, then asks the provider; on "no
     /// capacity" moves the same rental (and its hold) to the next candidate.
     pub async fn rent(&self, account_id: &str, req: RentRequest) -> Result<Rental> {
+        if let Some(id) = &req.id {
+            // A retry of a rent whose answer was lost (a crash before it was stored).
+            if let Ok(r) = self.get(Some(account_id), id).await {
+                return Ok(r);
+            }
+        }
         let candidates = self.candidates(&req)?;
         let rental = self.create_intent(account_id, &req, &candidates[0]).await?;
         let mut last_err = ProviderError::NoCapacity;
@@ -349,7 +358,7 @@ impl Rentals {
                 }
                 let now = clock.now();
                 let mut r = Rental {
-                    id: ids::new_id("rnt"),
+                    id: req.id.clone().unwrap_or_else(|| ids::new_id("rnt")),
                     account_id: account_id.clone(),
                     state: RentalState::Provisioning,
                     provider: offer.provider.clone(),
