@@ -165,3 +165,39 @@ async fn rent_by_criteria_picks_the_cheapest_fit_and_others_get_404() {
     let del = d.delete(&format!("/v1/gpus/rentals/{id}"), &key).await;
     assert_eq!(del.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rentals_list_pages_newest_first_with_a_cursor() {
+    let d = Daemon::start("");
+    let key = d.demo_key.clone();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = d.post("/v1/gpus/rentals", &key, json!({"gpu": "T4"})).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let p1 = d.get("/v1/gpus/rentals?limit=2", &key).await;
+    assert_eq!(p1.status, 200, "{:?}", p1.body);
+    let c = p1.body["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let p2 = d
+        .get(&format!("/v1/gpus/rentals?limit=2&cursor={c}"), &key)
+        .await;
+    assert!(p2.body["next_cursor"].is_null());
+    let seen: Vec<String> = p1.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(p2.body["data"].as_array().unwrap())
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each once");
+    let bad = d.get("/v1/gpus/rentals?cursor=nope", &key).await;
+    assert_eq!(bad.status, 400);
+    for id in ids {
+        d.delete(&format!("/v1/gpus/rentals/{id}"), &key).await;
+    }
+}

@@ -158,6 +158,9 @@ pub async fn user(app: &Arc<App>, ctx: &Ctx, account: &Account, key: &ApiKey) ->
 async fn list_rentals(app: &App, ctx: &Ctx, account: Option<&str>) -> Result<Reply> {
     let mut state = None;
     let mut account_filter = None;
+    let mut limit = 100;
+    // Newest first; a cursor is the (created_at, id) of the last rental of a page.
+    let mut after: Option<(i64, String)> = None;
     for (k, v) in query_pairs(&ctx.query)? {
         match k.as_str() {
             "state" => {
@@ -169,16 +172,44 @@ async fn list_rentals(app: &App, ctx: &Ctx, account: Option<&str>) -> Result<Rep
                 })?)
             }
             "account" if account.is_none() => account_filter = Some(v),
+            "limit" => limit = parse_limit(&v, 1000)?,
+            "cursor" => {
+                after = Some(
+                    v.split_once('.')
+                        .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())))
+                        .ok_or_else(|| {
+                            Error::bad_param("cursor", "cursor must be a value returned as next_cursor")
+                        })?,
+                )
+            }
             other => {
                 return Err(Error::bad_param(other, format!("unknown query parameter '{other}'")))
             }
         }
     }
     let owner = account.map(str::to_string).or(account_filter);
-    let v = app.rentals.list(owner.as_deref(), state).await?;
+    let all = app.rentals.list(owner.as_deref(), state).await?;
+    let page: Vec<_> = all
+        .iter()
+        .filter(|r| {
+            after
+                .as_ref()
+                .is_none_or(|(t, id)| (r.created_at, &r.id) < (*t, id))
+        })
+        .take(limit + 1)
+        .collect();
+    let next = (page.len() > limit)
+        .then(|| {
+            page.get(limit - 1)
+                .map(|r| format!("{}.{}", r.created_at, r.id))
+        })
+        .flatten();
     Ok((
         StatusCode::OK,
-        views::list(v.iter().map(views::rental).collect(), None),
+        views::list(
+            page.iter().take(limit).map(|r| views::rental(r)).collect(),
+            next,
+        ),
     ))
 }
 
