@@ -166,10 +166,30 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
     }
     let http = HttpClient::new(PROVIDER_TIMEOUT);
     let registry = Arc::new(Registry::new(&providers, http)?);
-    let offers = store
+    let mut offers = store
         .read(|rx| rx.offers())
         .await
         .map_err(|e: crate::store::StoreError| e.to_string())?;
+    // Offers of providers no longer configured (say, the sandbox's before a real
+    // config) would never refresh or expire: drop them from the store and the market.
+    let gone: std::collections::BTreeSet<String> = offers
+        .iter()
+        .filter(|o| registry.get(&o.provider).is_none())
+        .map(|o| o.provider.clone())
+        .collect();
+    if !gone.is_empty() {
+        tracing::info!(providers = ?gone, "dropping offers of providers no longer configured");
+        offers.retain(|o| !gone.contains(&o.provider));
+        store
+            .write(move |tx| {
+                for p in &gone {
+                    tx.replace_offers(p, &[])?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let market = Market::from_offers(offers);
 
     // One refresh before serving, so the first request sees a market.

@@ -93,7 +93,12 @@ async fn preemption_interrupts_and_bills_up_to_the_moment_it_happened() {
     assert!(done["endpoint"].is_null());
     // Billed up to the preemption the cloud reports, not up to when spotd noticed.
     let inst = d.cloud_instance(&provider, &id).await.expect("instance");
-    assert_eq!(inst["state"], "interrupted");
+    // spotd also destroys what is left of a preempted machine: interrupted, then
+    // terminated, still ended at the preemption.
+    assert!(
+        inst["state"] == "interrupted" || inst["state"] == "terminated",
+        "{inst}"
+    );
     assert_eq!(
         done["ended_at"], inst["ended_at"],
         "ends when the GPU was taken"

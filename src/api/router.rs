@@ -314,6 +314,9 @@ where
             ));
         }
     }
+    // Released however this ends, including a client that hangs up (hyper then drops
+    // this future halfway).
+    let _release = InFlight { app, lock };
     // Another request with this key may have finished between the read and the lock.
     let (sc, k) = (scope.to_string(), key.clone());
     let again: Result<Option<IdempotencyRecord>> =
@@ -352,11 +355,23 @@ where
         }
         Err(e) => Err(e),
     };
-    app.in_flight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&lock);
     result
+}
+
+/// Holds an Idempotency-Key as "in progress" until dropped.
+struct InFlight<'a> {
+    app: &'a App,
+    lock: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.app
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.lock);
+    }
 }
 
 fn replay(rec: IdempotencyRecord, body_hash: &str) -> Result<Reply> {

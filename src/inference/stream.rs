@@ -17,6 +17,10 @@ use serde_json::Value;
 
 use crate::api::BoxError;
 
+/// One server-sent event larger than this ends the stream (an upstream that never
+/// separates events must not grow the buffer without bound).
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
 /// Token counts an upstream reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -171,6 +175,12 @@ impl Body for SseMeter {
                     Ok(data) => {
                         this.buf.extend_from_slice(&data);
                         let out = this.drain_events(false);
+                        if this.buf.len() > MAX_EVENT_BYTES {
+                            this.finish(false);
+                            return Poll::Ready(Some(Err(
+                                "the upstream sent an event larger than 1 MiB".into(),
+                            )));
+                        }
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                         }

@@ -22,6 +22,9 @@ use crate::providers::registry::Registry;
 use crate::providers::{CreateInstance, Instance, InstanceState, Provider, ProviderError};
 use crate::store::{Store, Tx};
 
+/// An Idempotency-Key answers for the same object this long (SPEC: 24 h).
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
 /// How many offers a rent by criteria tries when providers answer "no capacity".
 pub const MAX_CANDIDATES: usize = 5;
 
@@ -231,10 +234,18 @@ impl Rentals {
     /// Rents a GPU: writes the rental and its hold, then asks the provider; on "no
     /// capacity" moves the same rental (and its hold) to the next candidate.
     pub async fn rent(&self, account_id: &str, req: RentRequest) -> Result<Rental> {
-        if let Some(id) = &req.id {
-            // A retry of a rent whose answer was lost (a crash before it was stored).
-            if let Ok(r) = self.get(Some(account_id), id).await {
-                return Ok(r);
+        let mut req = req;
+        if let Some(id) = req.id.clone() {
+            // A retry of a rent whose answer was lost (a crash before it was stored)
+            // gets that rental; a rent that failed, or one older than the key's 24 h,
+            // does not answer for a new one, which gets a fresh id.
+            if let Ok(r) = self.get(Some(account_id), &id).await {
+                let failed = r.state == RentalState::Failed;
+                let stale = self.clock.now() - r.created_at >= IDEMPOTENCY_WINDOW_MS;
+                if !failed && !stale {
+                    return Ok(r);
+                }
+                req.id = None;
             }
         }
         let candidates = self.candidates(&req)?;
@@ -262,7 +273,16 @@ impl Rentals {
                     }
                 };
             }
-            let provider = self.provider(&offer.provider)?;
+            let provider = match self.provider(&offer.provider) {
+                Ok(p) => p,
+                Err(_) => {
+                    last_err = ProviderError::Rejected(format!(
+                        "provider '{}' is not configured",
+                        offer.provider
+                    ));
+                    continue;
+                }
+            };
             let create = CreateInstance {
                 offer_id: offer.native_id.clone(),
                 label: rental.id.clone(),
@@ -320,6 +340,10 @@ impl Rentals {
         };
         let msg = last_err.to_string();
         self.update(&rental.id, None, move |tx, a, r, now| {
+            // A DELETE during the attempts already ended it.
+            if r.state != RentalState::Provisioning {
+                return Ok(());
+            }
             lifecycle::fail(tx, a, r, reason, Some(msg), now)
         })
         .await?;
@@ -426,17 +450,33 @@ impl Rentals {
         Ok(r)
     }
 
-    /// Records the provider's instance for a rental.
+    /// Records the provider's instance for a rental. A rental that ended meanwhile
+    /// (failed: the workers gave up on a slow create) does not take it: the instance is
+    /// terminated and the rent answers 503.
     async fn adopt(&self, id: &str, inst: Instance) -> Result<Rental> {
-        let (r, ()) = self
+        let iid = inst.id.clone();
+        let (r, taken) = self
             .update(id, None, move |_tx, _a, r, now| {
+                if r.state.is_terminal() {
+                    return Ok(false);
+                }
                 r.instance_id = Some(inst.id.clone());
                 if r.state == RentalState::Provisioning && inst.state == InstanceState::Running {
                     lifecycle::mark_running(r, &inst, now)?;
                 }
-                Ok(())
+                Ok(true)
             })
             .await?;
+        if !taken {
+            if let Ok(p) = self.provider(&r.provider) {
+                let _ = p.terminate(&iid).await;
+            }
+            return Err(Error::Unavailable(format!(
+                "the provider answered too late: rental {} had already {}",
+                r.id,
+                r.state.as_str()
+            )));
+        }
         Ok(r)
     }
 

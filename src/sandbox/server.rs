@@ -283,7 +283,11 @@ async fn cloud_route(
         }
         (&Method::DELETE, ["instances", id]) => {
             change(st, c, id, |r, now| match r.state_at(now).0 {
-                InstanceState::Provisioning | InstanceState::Running => {
+                // An interrupted instance is deleted too (like a stopped spot machine
+                // that still exists until its owner destroys it).
+                InstanceState::Provisioning
+                | InstanceState::Running
+                | InstanceState::Interrupted => {
                     r.deleted_at = Some(now);
                     Ok(true)
                 }

@@ -50,6 +50,8 @@ impl InstanceRecord {
                     (InstanceState::Terminated, Some(d + TERMINATE_MS))
                 }
             }
+            // Deleted after the preemption: the owner cleaned up what was left.
+            (Some(_), Some(p)) => (InstanceState::Terminated, Some(p)),
             (_, Some(p)) => (InstanceState::Interrupted, Some(p)),
             _ if now < self.ready_at => (InstanceState::Provisioning, None),
             _ => (InstanceState::Running, None),
@@ -158,8 +160,14 @@ mod tests {
         // A preemption after the deletion changes nothing.
         r.preempt_at = Some(30_200);
         assert_eq!(r.state_at(40_000).0, InstanceState::Terminated);
-        // A preemption before it does.
+        // A preemption before it: interrupted until the owner deletes what is left,
+        // then terminated, ended at the preemption.
         r.preempt_at = Some(25_000);
+        assert_eq!(
+            r.state_at(40_000),
+            (InstanceState::Terminated, Some(25_000))
+        );
+        r.deleted_at = None;
         assert_eq!(
             r.state_at(40_000),
             (InstanceState::Interrupted, Some(25_000))

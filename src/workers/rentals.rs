@@ -38,6 +38,9 @@ enum Step {
     Teardown(TerminationReason),
     Terminate,
     Confirmed,
+    /// The listing did not show the instance: ask for it by id before acting (listings
+    /// can lag), and take the inner step only if it is really gone.
+    Vanished(Box<Step>),
 }
 
 /// One sync round over every active rental. Answers how many rentals changed.
@@ -56,6 +59,21 @@ pub async fn sync_once(rs: &Rentals) -> usize {
     let mut changed = 0;
     for (name, rentals) in by_provider {
         let Some(provider) = rs.registry.get(&name) else {
+            // Its provider left the config: a rental that never got an instance can
+            // only fail (nothing to terminate); the others need the operator.
+            for r in rentals {
+                if r.state == RentalState::Provisioning && r.instance_id.is_none() {
+                    let step = Step::Fail(
+                        TerminationReason::ProviderError,
+                        format!("provider '{name}' is no longer configured"),
+                    );
+                    if apply(rs, r, step).await {
+                        changed += 1;
+                    }
+                } else {
+                    tracing::warn!(rental = %r.id, provider = %name, "rental of a provider no longer configured");
+                }
+            }
             continue;
         };
         let list = match provider.list_instances().await {
@@ -105,14 +123,17 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
                     ),
                     _ => Step::Nothing,
                 },
-                None if r.instance_id.is_some() => Step::Fail(
+                None if r.instance_id.is_some() => Step::Vanished(Box::new(Step::Fail(
                     TerminationReason::ProviderError,
                     "the provider no longer knows the instance".into(),
-                ),
-                None if now >= r.created_at + rs.cfg.create_grace_ms => Step::Fail(
-                    TerminationReason::ProviderError,
-                    "the provider never created the instance".into(),
-                ),
+                ))),
+                // From the last attempt: a rent moving through candidates updates it.
+                None if now >= r.updated_at.max(r.created_at) + rs.cfg.create_grace_ms => {
+                    Step::Fail(
+                        TerminationReason::ProviderError,
+                        "the provider never created the instance".into(),
+                    )
+                }
                 None => Step::Nothing,
             }
         }
@@ -153,11 +174,11 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
                 Step::Interrupt(reason, at.min(now), destroy)
             }
             Some(_) => Step::Nothing,
-            None => Step::Interrupt(
+            None => Step::Vanished(Box::new(Step::Interrupt(
                 TerminationReason::ProviderError,
                 r.seen_running_at.unwrap_or(now),
                 false,
-            ),
+            ))),
         },
         RentalState::Terminating => match inst {
             None if r.instance_id.is_some() => Step::Confirmed,
@@ -173,13 +194,28 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
 }
 
 async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
+    if let Step::Vanished(inner) = step {
+        let still_there = match (rs.registry.get(&r.provider), &r.instance_id) {
+            (Some(p), Some(iid)) => match p.get_instance(iid).await {
+                Ok(Some(i)) => !i.state.is_gone(),
+                Ok(None) => false,
+                // Cannot tell: look again next round.
+                Err(_) => true,
+            },
+            _ => false,
+        };
+        if still_there {
+            return false;
+        }
+        return Box::pin(apply(rs, r, *inner)).await;
+    }
     let id = r.id.clone();
     let provider = r.provider.clone();
     // These end the rental's hold on a machine: the market should show it free again
     // now, not at the provider's next scheduled refresh.
     let frees = matches!(step, Step::Confirmed | Step::Fail(..) | Step::Interrupt(..));
     let res = match step {
-        Step::Nothing => return false,
+        Step::Nothing | Step::Vanished(_) => return false,
         Step::Seen => rs
             .update(&id, None, |_tx, _a, r, now| {
                 if r.state == RentalState::Running {
@@ -334,9 +370,13 @@ pub async fn reconcile_once(rs: &Rentals) -> usize {
             }
         };
         for inst in list {
+            // Interrupted and failed instances may still exist (a stopped Vast bid, an
+            // exited pod: they keep costing storage): those are destroyed too.
             if !is_spotd_label(&inst.label)
-                || inst.state.is_gone()
-                || inst.state == InstanceState::Terminating
+                || matches!(
+                    inst.state,
+                    InstanceState::Terminated | InstanceState::Terminating
+                )
             {
                 continue;
             }
