@@ -48,6 +48,9 @@ struct FakeProvider {
     /// How many more terminate calls answer "still terminating" before one completes.
     lingering_terminates: AtomicUsize,
     terminated_ids: Mutex<Vec<String>>,
+    /// Instances `list_instances` leaves out (a lagging listing); `get_instance` still
+    /// answers them.
+    unlisted: Mutex<Vec<String>>,
     clock: Mutex<Option<Clock>>,
 }
 
@@ -85,6 +88,11 @@ impl FakeProvider {
             .expect("no such instance");
         i.state = state;
         i.ended_at = ended_at.map(rfc3339);
+    }
+
+    /// The provider forgets the instance entirely (404 from then on).
+    fn forget(&self, id: &str) {
+        self.instances.lock().unwrap().retain(|i| i.id != id);
     }
 
     fn state(&self, id: &str) -> InstanceState {
@@ -125,7 +133,13 @@ impl Provider for FakeProvider {
         Ok(list.iter().find(|i| i.id == id).cloned())
     }
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
-        Ok(self.instances.lock().unwrap().clone())
+        let unlisted = self.unlisted.lock().unwrap().clone();
+        let list = self.instances.lock().unwrap();
+        Ok(list
+            .iter()
+            .filter(|i| !unlisted.contains(&i.id))
+            .cloned()
+            .collect())
     }
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let now = self.now();
@@ -245,7 +259,11 @@ impl Harness {
 
     /// Rents o1 and brings it to `running` at the current time.
     async fn running(&self) -> Rental {
-        let r = self.rs.rent(&self.account, rent_o1()).await.unwrap();
+        self.running_with(rent_o1()).await
+    }
+
+    async fn running_with(&self, req: RentRequest) -> Rental {
+        let r = self.rs.rent(&self.account, req).await.unwrap();
         let iid = r
             .instance_id
             .clone()
@@ -520,4 +538,70 @@ async fn downtime_is_billed_by_the_next_metering_round() {
     assert_eq!(r.cost, prorate(PRICE, 3600));
     assert_eq!(r.cost, PRICE);
     assert_eq!(h.books().await.balance, CREDIT - PRICE);
+}
+
+#[tokio::test]
+async fn a_vanished_instance_is_billed_up_to_when_it_was_last_seen() {
+    let h = harness(CREDIT).await;
+    let r = h.running().await;
+    let started = r.started_at.unwrap();
+    let iid = r.instance_id.clone().unwrap();
+    h.clock.advance(12_000);
+    sync_once(&h.rs).await;
+    assert_eq!(
+        h.rental(&r.id).await.seen_running_at,
+        Some(started + 12_000)
+    );
+    h.clock.advance(30_000);
+    meter_once(&h.rs).await.unwrap();
+    assert_eq!(h.rental(&r.id).await.cost, prorate(PRICE, 42));
+
+    // A listing that lags is not a disappearance: the instance is asked for by id.
+    h.fake.unlisted.lock().unwrap().push(iid.clone());
+    sync_once(&h.rs).await;
+    assert_eq!(h.rental(&r.id).await.state, RentalState::Running);
+
+    h.fake.forget(&iid);
+    sync_once(&h.rs).await;
+    let r = h.rental(&r.id).await;
+    assert_eq!(r.state, RentalState::Interrupted);
+    assert_eq!(r.termination_reason, Some(TerminationReason::ProviderError));
+    assert_eq!(r.cost, prorate(PRICE, 12));
+    assert_eq!(h.books().await.balance, CREDIT - prorate(PRICE, 12));
+}
+
+#[tokio::test]
+async fn max_duration_and_idle_limits_tear_down_at_the_limit() {
+    let h = harness(CREDIT).await;
+    let mut req = rent_o1();
+    req.max_duration_seconds = Some(60);
+    let capped = h.running_with(req).await;
+    let mut req = rent_o1();
+    req.idle_timeout_seconds = Some(120);
+    let idle = h.running_with(req).await;
+
+    h.clock.advance(59_999);
+    sync_once(&h.rs).await;
+    assert_eq!(h.rental(&capped.id).await.state, RentalState::Running);
+    h.clock.advance(1);
+    sync_once(&h.rs).await;
+    let c = h.rental(&capped.id).await;
+    assert_eq!(c.termination_reason, Some(TerminationReason::MaxDuration));
+    assert_eq!(c.state, RentalState::Terminated);
+    assert_eq!(c.cost, prorate(PRICE, 60));
+
+    // Activity at 100 s moves the idle deadline to 220 s.
+    h.clock.advance(40_000);
+    h.rs.touch(&h.account, &idle.id).await.unwrap();
+    h.clock.advance(119_999);
+    sync_once(&h.rs).await;
+    assert_eq!(h.rental(&idle.id).await.state, RentalState::Running);
+    h.clock.advance(1);
+    sync_once(&h.rs).await;
+    let i = h.rental(&idle.id).await;
+    assert_eq!(i.termination_reason, Some(TerminationReason::Idle));
+    assert_eq!(i.cost, prorate(PRICE, 220));
+    let a = h.books().await;
+    assert_eq!(a.held, Usd::ZERO);
+    assert_eq!(a.balance, CREDIT - prorate(PRICE, 60) - prorate(PRICE, 220));
 }
