@@ -442,3 +442,8 @@ pub async fn run(rs: Rentals, poll: Duration, sweep: Duration, shutdown: Cancell
         }
     }
 }
+
+// A sibling file rather than src/workers/rentals/, as workers/ keeps one file per worker.
+#[cfg(test)]
+#[path = "rentals_tests.rs"]
+mod rentals_tests;
