@@ -248,7 +248,14 @@ pub fn meter(
     let due = prorate(rental.price_per_hour, secs);
     let step = due - rental.cost;
     let cover = rental.held() + account.available();
-    let note = Some(format!("{secs} s at {} USD/h", rental.price_per_hour));
+    let note = Some(if step.is_negative() {
+        format!(
+            "refund: billed past the end; {secs} s at {} USD/h",
+            rental.price_per_hour
+        )
+    } else {
+        format!("{secs} s at {} USD/h", rental.price_per_hour)
+    });
     if step > cover {
         charge_rental(tx, account, rental, cover, note, now)?;
         return Ok(Metered::OutOfCredit);

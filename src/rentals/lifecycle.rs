@@ -47,23 +47,10 @@ pub fn finish_billing(
             None => ended_at,
         };
         r.ended_at = Some(end);
-        // Capped at what the account holds: the rental is ending either way.
+        // Capped at what the account holds: the rental is ending either way. A
+        // preemption noticed after a metering step charged past it comes out of
+        // `meter` as a negative step: a refund.
         let _: Metered = ledger::meter(tx, account, r, end, None, now)?;
-        // A preemption noticed after a metering step was charged past it: refund.
-        if let Some(s) = r.started_at {
-            let due = crate::money::prorate(r.price_per_hour, ledger::billable_seconds(s, end));
-            if r.cost > due {
-                let refund = due - r.cost;
-                ledger::charge_rental(
-                    tx,
-                    account,
-                    r,
-                    refund,
-                    Some("refund: billed past the end of the rental".into()),
-                    now,
-                )?;
-            }
-        }
     }
     ledger::release_hold(tx, account, r, now)
 }
