@@ -13,7 +13,7 @@ use super::{views, App};
 use crate::accounts;
 use crate::error::{Error, Result};
 use crate::market::{OfferFilter, OfferQuery};
-use crate::model::{Account, ApiKey, RentalState, TerminationReason};
+use crate::model::{Account, RentalState, TerminationReason};
 use crate::money::{self, Usd};
 use crate::rentals::{RentRequest, RentTarget};
 
@@ -99,8 +99,7 @@ pub async fn inference(
     )
 }
 
-pub async fn user(app: &Arc<App>, ctx: &Ctx, account: &Account, key: &ApiKey) -> Result<Reply> {
-    let _ = key;
+pub async fn user(app: &Arc<App>, ctx: &Ctx, account: &Account) -> Result<Reply> {
     let s: Vec<&str> = ctx.segs.iter().map(String::as_str).collect();
     match (&ctx.method, &s[1..]) {
         (&Method::GET, ["gpus", "offers"]) => {

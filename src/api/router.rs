@@ -259,11 +259,11 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     };
     let (status, v) = match caller {
         Caller::Admin => handlers::admin(app, &ctx).await?,
-        Caller::User(account, key) => {
+        Caller::User(account, _key) => {
             if let Some(resp) = handlers::inference(app, &ctx, &account).await {
                 return resp;
             }
-            handlers::user(app, &ctx, &account, &key).await?
+            handlers::user(app, &ctx, &account).await?
         }
     };
     Ok(json_response(status, &v))

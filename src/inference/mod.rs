@@ -85,6 +85,8 @@ pub struct Inference {
     pub(crate) rentals: Rentals,
     pub(crate) clock: Clock,
     client: HttpClient,
+    /// Short-timeout client for readiness probes (one pool, not one per probe).
+    probe: HttpClient,
     pub(crate) cfg: InferenceConfig,
     locks: Mutex<HashMap<(String, String), DeployLock>>,
     ready: Mutex<HashSet<String>>,
@@ -108,6 +110,7 @@ impl Inference {
             rentals,
             clock,
             client,
+            probe: HttpClient::new(Duration::from_secs(2)),
             cfg,
             locks: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashSet::new()),
@@ -154,9 +157,8 @@ impl Inference {
         {
             return true;
         }
-        let probe = HttpClient::new(Duration::from_secs(2));
         let ok = matches!(
-            probe.get(&format!("{endpoint}/models"), None).await,
+            self.probe.get(&format!("{endpoint}/models"), None).await,
             Ok(resp) if resp.status.is_success()
         );
         if ok {

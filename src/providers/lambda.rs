@@ -265,16 +265,7 @@ impl Provider for LambdaProvider {
         let id = v["data"]["instance_ids"][0]
             .as_str()
             .ok_or_else(|| ProviderError::Unavailable(rest::excerpt(&r)))?;
-        Ok(Instance {
-            id: id.to_string(),
-            offer_id: req.offer_id.clone(),
-            label: req.label.clone(),
-            state: InstanceState::Provisioning,
-            endpoint: None,
-            ssh: None,
-            created_at: String::new(),
-            ended_at: None,
-        })
+        Ok(Instance::just_created(id, req))
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {

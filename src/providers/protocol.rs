@@ -79,6 +79,41 @@ pub struct Instance {
     pub ended_at: Option<String>,
 }
 
+impl Instance {
+    /// What an adapter reports right after a create call the provider accepted.
+    pub fn just_created(id: impl Into<String>, req: &CreateInstance) -> Instance {
+        Instance::bare(
+            id.into(),
+            req.offer_id.clone(),
+            req.label.clone(),
+            InstanceState::Provisioning,
+        )
+    }
+
+    /// What an adapter reports after a destroy the provider confirmed.
+    pub fn destroyed(id: impl Into<String>) -> Instance {
+        Instance::bare(
+            id.into(),
+            String::new(),
+            String::new(),
+            InstanceState::Terminated,
+        )
+    }
+
+    fn bare(id: String, offer_id: String, label: String, state: InstanceState) -> Instance {
+        Instance {
+            id,
+            offer_id,
+            label,
+            state,
+            endpoint: None,
+            ssh: None,
+            created_at: String::new(),
+            ended_at: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstancesResponse {
     pub instances: Vec<Instance>,

@@ -275,16 +275,7 @@ impl Provider for RunpodProvider {
         match r.status {
             StatusCode::NOT_FOUND => Ok(None),
             // 204: the pod is terminated (and its billing with it).
-            s if s.is_success() => Ok(Some(Instance {
-                id: id.to_string(),
-                offer_id: String::new(),
-                label: String::new(),
-                state: InstanceState::Terminated,
-                endpoint: None,
-                ssh: None,
-                created_at: String::new(),
-                ended_at: None,
-            })),
+            s if s.is_success() => Ok(Some(Instance::destroyed(id))),
             _ => Err(status_error(&r, |_| false)),
         }
     }

@@ -241,16 +241,7 @@ impl Provider for VastProvider {
         let id = v["new_contract"]
             .as_u64()
             .ok_or_else(|| ProviderError::Unavailable(rest::excerpt(&r)))?;
-        Ok(Instance {
-            id: id.to_string(),
-            offer_id: req.offer_id.clone(),
-            label: req.label.clone(),
-            state: InstanceState::Provisioning,
-            endpoint: None,
-            ssh: None,
-            created_at: String::new(),
-            ended_at: None,
-        })
+        Ok(Instance::just_created(id.to_string(), req))
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
@@ -299,16 +290,7 @@ impl Provider for VastProvider {
                     return Err(ProviderError::Rejected(rest::excerpt(&r)));
                 }
                 // Destroy is immediate on Vast: billing (storage included) stops.
-                Ok(Some(Instance {
-                    id: id.to_string(),
-                    offer_id: String::new(),
-                    label: String::new(),
-                    state: InstanceState::Terminated,
-                    endpoint: None,
-                    ssh: None,
-                    created_at: String::new(),
-                    ended_at: None,
-                }))
+                Ok(Some(Instance::destroyed(id)))
             }
             _ => Err(status_error(&r, |_| false)),
         }

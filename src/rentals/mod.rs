@@ -105,10 +105,6 @@ impl Rentals {
         }
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
     fn provider(&self, name: &str) -> Result<Arc<dyn Provider>> {
         self.registry
             .get(name)
