@@ -192,16 +192,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
     }
     let market = Market::from_offers(offers);
 
-    // One refresh before serving, so the first request sees a market.
-    for name in registry.names() {
-        let f = workers::offer_sync::refresh_once(&registry, &market, &store, &clock, &name);
+    // One refresh before serving, so the first request sees a market; providers in
+    // parallel, each bounded, so a slow one delays start-up by 10 s at most.
+    let names = registry.names();
+    let (registry_ref, market_ref, store_ref, clock_ref) = (&registry, &market, &store, &clock);
+    let first = names.iter().map(|name| async move {
+        let f =
+            workers::offer_sync::refresh_once(registry_ref, market_ref, store_ref, clock_ref, name);
         if tokio::time::timeout(Duration::from_secs(10), f)
             .await
             .is_err()
         {
             tracing::warn!(provider = %name, "first offer refresh timed out");
         }
-    }
+    });
+    futures_util::future::join_all(first).await;
 
     let rentals = Rentals::new(
         store.clone(),
