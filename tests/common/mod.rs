@@ -363,7 +363,17 @@ impl Daemon {
 
     /// Asserts the money invariants of SPEC section 4 for the key's account.
     pub async fn assert_books_balance(&self, key: &str) -> (Usd, Usd, Usd) {
-        let c = self.get("/v1/credits", key).await;
+        // Credits and ledger are two requests: while a rental is being metered, read
+        // until the credits did not move around the ledger read (one consistent view).
+        let (mut c, mut entries) = (self.get("/v1/credits", key).await, Vec::new());
+        for _ in 0..20 {
+            entries = self.ledger(key).await;
+            let again = self.get("/v1/credits", key).await;
+            if again.body == c.body {
+                break;
+            }
+            c = again;
+        }
         assert_eq!(c.status, 200);
         let balance = usd(&c.body["balance"]);
         let held = usd(&c.body["held"]);
@@ -374,9 +384,7 @@ impl Daemon {
             "available went below zero: {}",
             c.body
         );
-        let sum: Usd = self
-            .ledger(key)
-            .await
+        let sum: Usd = entries
             .iter()
             .filter(|e| e["kind"] == "credit" || e["kind"] == "charge")
             .map(|e| usd(&e["amount"]))
