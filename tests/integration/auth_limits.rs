@@ -1,13 +1,11 @@
 //! Auth, limits and bad input against the real daemon: 401 for missing, wrong and
 //! revoked keys; 429 with Retry-After; 400 for bad JSON and parameters; 413.
 
-mod common;
-
-use common::Daemon;
+use crate::common::Daemon;
 use hyper::Method;
 use serde_json::json;
 
-fn assert_openai_error(r: &common::Resp, status: u16) {
+fn assert_openai_error(r: &crate::common::Resp, status: u16) {
     assert_eq!(r.status, status, "{:?}", r.body);
     let e = &r.body["error"];
     assert!(

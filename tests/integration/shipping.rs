@@ -3,8 +3,6 @@
 //! healthcheck` and `spotd config default`. Every daemon is the real binary on
 //! 127.0.0.1:0.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -12,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, FAST};
+use crate::common::{Daemon, FAST};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -178,7 +176,7 @@ async fn metrics_count_by_route_template_and_show_the_books() {
         let r = d.get("/v1/gpus/rentals/rnt_doesnotexist", &key).await;
         assert_eq!(r.status, 404);
     }
-    let offer = common::cheapest(&d, &key, "").await;
+    let offer = crate::common::cheapest(&d, &key, "").await;
     let r = d
         .post("/v1/gpus/rentals", &key, json!({"offer_id": offer["id"]}))
         .await;

@@ -4,11 +4,9 @@
 //! `Prefer: wait`, no funds, one deployment for concurrent cold requests, redeploy
 //! after a preemption.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{usd, Daemon};
+use crate::common::{usd, Daemon};
 use hyper::Method;
 use serde_json::{json, Value};
 use spotd::money::Usd;

@@ -2,15 +2,13 @@
 //! is a 502, a silent one a 504, a 5xx a 502, none charged; a stream cut midway is
 //! billed for what was delivered; a client that hangs up cancels the upstream request.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{usd, Daemon};
+use crate::common::{usd, Daemon};
 use hyper::Method;
 use serde_json::json;
 use spotd::money::Usd;
@@ -153,9 +151,11 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
         .to_string();
         let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len());
     });
-    // The variable is read by the daemon child process (spawned after this).
-    std::env::set_var("UPSTREAM_TEST_KEY", "upstream-secret-123");
-    let d = Daemon::start(&config(&dead, &silent, &five, &cut, &slow, &keyed));
+    // The upstream's key is in the daemon's environment only.
+    let d = Daemon::start_env(
+        &config(&dead, &silent, &five, &cut, &slow, &keyed),
+        &[("UPSTREAM_TEST_KEY", "upstream-secret-123")],
+    );
     let key = d.demo_key.clone();
     let post = |m: &'static str, stream: bool| {
         d.call_h(

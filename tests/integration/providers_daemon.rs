@@ -8,16 +8,13 @@
 //! fixture's instances, one of which carries a spotd label no rental owns (an orphan
 //! the start-up sweep must terminate) and one of which is someone else's (untouched).
 
-mod common;
-mod providers_mock;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{usd, Daemon};
-use providers_mock::{fixture, fixture_json, json, reply, start, Mock, Reply, Req};
+use crate::common::{usd, Daemon};
+use crate::providers_mock::{fixture, fixture_json, json, reply, start, Mock, Reply, Req};
 use serde_json::{json, Value};
 use spotd::clock::parse_rfc3339;
 use spotd::money::{prorate, Usd};

@@ -13,15 +13,12 @@
 //! Each kind gets two mocks (one per mode under test) so that no provider entry lists
 //! another entry's instances, and Lambda's one-launch-per-12-s limit is never waited on.
 
-mod common;
-mod providers_mock;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{usd, Daemon};
-use providers_mock::{fixture, fixture_json, json, reply, start, Mock, Reply, Req};
+use crate::common::{usd, Daemon};
+use crate::providers_mock::{fixture, fixture_json, json, reply, start, Mock, Reply, Req};
 use serde_json::{json, Value};
 use spotd::money::Usd;
 

@@ -2,11 +2,9 @@
 //! downtime; acknowledged writes survive kill -9; an orphan instance in a sandbox
 //! cloud (a spotd label no rental owns) is terminated on start.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{cheapest, usd, Daemon};
+use crate::common::{cheapest, usd, Daemon};
 use serde_json::json;
 use spotd::clock::parse_rfc3339;
 use spotd::http_client::HttpClient;

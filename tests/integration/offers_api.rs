@@ -2,12 +2,10 @@
 //! every filter and sort checked against the full list, one offer by id, bad
 //! parameters, and cursor pagination that stays exact while the clouds refresh.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{usd, Daemon};
+use crate::common::{usd, Daemon};
 use serde_json::Value;
 use spotd::money::Usd;
 

@@ -1,11 +1,9 @@
 //! The Lambda Cloud adapter against a loopback mock serving recorded-style responses.
 
-mod providers_mock;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use providers_mock::*;
+use crate::providers_mock::*;
 use serde_json::{json, Value};
 use spotd::http_client::HttpClient;
 use spotd::model::Ssh;

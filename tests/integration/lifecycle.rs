@@ -2,11 +2,9 @@
 //! preemption, provisioning timeout, idle and max-duration limits, teardown while
 //! provisioning, a provider whose offers fail (stale), and the active-rental limit.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{cheapest, usd, Daemon};
+use crate::common::{cheapest, usd, Daemon};
 use hyper::Method;
 use serde_json::{json, Value};
 use spotd::clock::parse_rfc3339;

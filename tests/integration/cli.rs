@@ -2,11 +2,9 @@
 //! tables for people, `--json` for scripts, and clear failures for a wrong key or a
 //! daemon that is not there.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::{cheapest, usd, Daemon};
+use crate::common::{cheapest, usd, Daemon};
 use serde_json::Value;
 use spotd::money::Usd;
 

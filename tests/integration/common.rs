@@ -104,9 +104,19 @@ fn spawn(dir: &Path, sandbox: bool, env: &[(String, String)]) -> (Child, String)
 impl Daemon {
     /// Starts a sandbox daemon with `FAST` plus `extra` TOML.
     pub fn start(extra: &str) -> Daemon {
+        Daemon::start_env(extra, &[])
+    }
+
+    /// [`Daemon::start`] with `env` set in the child only (never in the test process,
+    /// whose other threads may be reading the environment).
+    pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("test.toml"), merge_toml(FAST, extra)).expect("config");
-        Daemon::launch(dir, true, Vec::new())
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Daemon::launch(dir, true, env)
     }
 
     /// Starts the daemon WITHOUT `--sandbox` on exactly `config` (TOML; with

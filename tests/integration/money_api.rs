@@ -1,9 +1,7 @@
 //! Money rules against the real daemon: insufficient-credit termination that never lets
 //! `available` go below zero, and idempotent rent and credit.
 
-mod common;
-
-use common::{cheapest, usd, Daemon};
+use crate::common::{cheapest, usd, Daemon};
 use hyper::Method;
 use serde_json::json;
 use spotd::money::{prorate, Usd};

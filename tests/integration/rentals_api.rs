@@ -1,9 +1,7 @@
 //! Renting end to end against the real daemon and its sandbox clouds: rent, running,
 //! teardown, terminated, with exact billing; 402; criteria; another account's rental.
 
-mod common;
-
-use common::{cheapest, usd, Daemon};
+use crate::common::{cheapest, usd, Daemon};
 use serde_json::json;
 use spotd::clock::parse_rfc3339;
 use spotd::money::{prorate, Usd};

@@ -4,11 +4,9 @@
 //! Skipped (with a clear line) when python3 or the `openai` package is missing, unless
 //! `SPOTD_REQUIRE_SDK_TEST=1` (set by `.ci/run`), where a missing SDK is a failure.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::Daemon;
+use crate::common::Daemon;
 
 /// Provisioning and model load of a second each: the cold model is ready in ~2 s.
 const SDK: &str = r#"
