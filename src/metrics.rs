@@ -241,6 +241,9 @@ impl Provider for Counted {
     fn name(&self) -> &str {
         self.inner.name()
     }
+    fn serves_models(&self) -> bool {
+        self.inner.serves_models()
+    }
     async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
         let r = self.inner.list_offers().await;
         self.count("list_offers", r)

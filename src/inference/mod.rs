@@ -68,6 +68,15 @@ impl Endpoint {
     }
 }
 
+/// The environment variable that carries a deployment's own API key to its model
+/// server; spotd sends it as `Authorization: Bearer` to that deployment only.
+pub const DEPLOYMENT_KEY_ENV: &str = "VLLM_API_KEY";
+
+/// The key spotd sends to a deployment (none for deployments started before keys).
+fn deployment_key(r: &Rental) -> Option<&str> {
+    r.env.get(DEPLOYMENT_KEY_ENV).map(String::as_str)
+}
+
 /// Serializes cold starts of one (account, model).
 type DeployLock = Arc<tokio::sync::Mutex<()>>;
 
@@ -158,7 +167,9 @@ impl Inference {
             return true;
         }
         let ok = matches!(
-            self.probe.get(&format!("{endpoint}/models"), None).await,
+            self.probe
+                .get(&format!("{endpoint}/models"), deployment_key(r))
+                .await,
             Ok(resp) if resp.status.is_success()
         );
         if ok {
@@ -211,6 +222,10 @@ impl Inference {
         }
         let mut env = BTreeMap::new();
         env.insert("MODEL".to_string(), m.id.clone());
+        // The deployment's own key: its model server (vLLM reads VLLM_API_KEY) answers
+        // only requests that carry it, and only spotd has it. It is stored with the
+        // rental (never shown in views) so it survives a restart.
+        env.insert(DEPLOYMENT_KEY_ENV.to_string(), ids::random_token(40));
         let req = RentRequest {
             target: RentTarget::Cheapest(OfferFilter {
                 min_total_vram_gb: Some(m.min_vram_gb),
@@ -466,7 +481,10 @@ impl Inference {
         act.activity.begin(&r.id, self.clock.now());
         let body = serde_json::to_vec(req).map_err(|e| Error::Internal(e.to_string()))?;
         let url = format!("{endpoint}{}", ep.path());
-        let resp = match self.forward(&url, None, body, "deployment").await {
+        let resp = match self
+            .forward(&url, deployment_key(r), body, "deployment")
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 act.end(&r.id);

@@ -34,6 +34,9 @@ pub struct OfferFilter {
     /// Region, see [`region_matches`].
     pub region: Option<String>,
     pub interruptible: Option<bool>,
+    /// Providers whose offers never match (internal: cold deployments skip the
+    /// providers that cannot run a model server).
+    pub exclude_providers: Vec<String>,
 }
 
 impl OfferFilter {
@@ -55,6 +58,10 @@ impl OfferFilter {
                 .as_deref()
                 .is_none_or(|r| region_matches(r, &o.region))
             && self.interruptible.is_none_or(|i| o.interruptible == i)
+            && !self
+                .exclude_providers
+                .iter()
+                .any(|p| o.provider.eq_ignore_ascii_case(p))
     }
 
     pub fn matches(&self, o: &Offer) -> bool {

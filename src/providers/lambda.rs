@@ -222,6 +222,12 @@ impl Provider for LambdaProvider {
         &self.api.name
     }
 
+    /// Lambda launches VMs from its own OS image: no container image, no arguments,
+    /// so no model server spotd could start. Cold models deploy elsewhere.
+    fn serves_models(&self) -> bool {
+        false
+    }
+
     async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
         let r = self.api.req(Method::GET, "/instance-types", None).await?;
         if r.status != StatusCode::OK {

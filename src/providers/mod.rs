@@ -14,6 +14,26 @@ pub mod vastai;
 
 use async_trait::async_trait;
 
+/// The image a cold model runs on a container cloud when its `[[models]]` entry names
+/// none: vLLM's OpenAI-compatible server.
+pub const MODEL_IMAGE: &str = "vllm/vllm-openai:latest";
+/// The port the model server listens on inside its container.
+pub const MODEL_PORT: u16 = 8000;
+
+/// The arguments a cold model's container gets (vLLM's documented `docker run`
+/// arguments): the model, the port, and one tensor-parallel shard per GPU. The
+/// deployment's key reaches the server as `VLLM_API_KEY` in its environment.
+pub fn model_server_args(model: &str, gpu_count: u32) -> Vec<String> {
+    vec![
+        "--model".into(),
+        model.into(),
+        "--port".into(),
+        MODEL_PORT.to_string(),
+        "--tensor-parallel-size".into(),
+        gpu_count.max(1).to_string(),
+    ]
+}
+
 pub use protocol::{CreateInstance, Instance, InstanceState, ProviderOffer};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -47,4 +67,10 @@ pub trait Provider: Send + Sync {
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError>;
     /// `Ok(None)` when the instance is already gone (404).
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError>;
+    /// Whether an instance created with `model` set runs that model's server and
+    /// reports its OpenAI base URL as `endpoint` (container clouds); `false` for clouds
+    /// that only hand out VMs, which cold models never deploy on.
+    fn serves_models(&self) -> bool {
+        true
+    }
 }

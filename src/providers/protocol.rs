@@ -133,6 +133,10 @@ pub struct CreateInstance {
     pub ssh_public_key: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// GPUs in the offer's machine (a model server shards the model across them).
+    /// Not part of the `http` protocol body: adapters that need it get it from here.
+    #[serde(skip)]
+    pub gpu_count: u32,
 }
 
 /// `409 {"error": "no_capacity"}` and other protocol errors.

@@ -80,6 +80,9 @@ impl Provider for Governed {
     fn name(&self) -> &str {
         self.inner.name()
     }
+    fn serves_models(&self) -> bool {
+        self.inner.serves_models()
+    }
     async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
         self.quota.until_ready().await;
         self.inner.list_offers().await

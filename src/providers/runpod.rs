@@ -8,14 +8,18 @@
 //! the price times the count. The native offer id carries what a create needs:
 //! `{cloud}~{count}~{data centre}~{gpu type id, spaces as '_'}`. Rent is
 //! `POST /pods` with our rental id as `name`, the image, env and the SSH key as the
-//! `PUBLIC_KEY` env the RunPod images read.
+//! `PUBLIC_KEY` env the RunPod images read. A cold model's pod runs its image with
+//! vLLM's arguments and exposes port 8000 as HTTP; its endpoint is RunPod's HTTPS proxy.
 
 use async_trait::async_trait;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::rest::{self, parse, status_error, RestApi};
-use super::{CreateInstance, Instance, InstanceState, Provider, ProviderError, ProviderOffer};
+use super::{
+    model_server_args, CreateInstance, Instance, InstanceState, Provider, ProviderError,
+    ProviderOffer, MODEL_IMAGE, MODEL_PORT,
+};
 use crate::http_client::{HttpClient, HttpResponse};
 use crate::market::normalize_gpu;
 use crate::model::Ssh;
@@ -156,14 +160,29 @@ fn ssh_of(p: &Value) -> Option<Ssh> {
     })
 }
 
+/// A model server's base URL: RunPod's HTTPS proxy for the pod's HTTP port,
+/// `https://{pod id}-{port}.proxy.runpod.net`, once the pod runs.
+fn endpoint_of(p: &Value, id: &str, state: InstanceState) -> Option<String> {
+    let http_port = format!("{MODEL_PORT}/http");
+    let exposed = match &p["ports"] {
+        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(http_port.as_str())),
+        // The older API gives one comma-separated string.
+        Value::String(s) => s.split(',').any(|x| x.trim() == http_port),
+        _ => false,
+    };
+    (state == InstanceState::Running && exposed)
+        .then(|| format!("https://{id}-{MODEL_PORT}.proxy.runpod.net/v1"))
+}
+
 fn instance_of(p: &Value) -> Option<Instance> {
     let state = state_of(p);
+    let id = p["id"].as_str()?.to_string();
     Some(Instance {
-        id: p["id"].as_str()?.to_string(),
+        endpoint: endpoint_of(p, &id, state),
+        id,
         offer_id: String::new(),
         label: p["name"].as_str().unwrap_or_default().to_string(),
         state,
-        endpoint: None,
         ssh: if state == InstanceState::Running {
             ssh_of(p)
         } else {
@@ -224,7 +243,7 @@ impl Provider for RunpodProvider {
         if let Some(key) = &req.ssh_public_key {
             env.insert("PUBLIC_KEY".into(), key.clone());
         }
-        let body = json!({
+        let mut body = json!({
             "name": req.label,
             "image": req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
             "gpu": {"id": k.gpu_id, "count": k.count},
@@ -234,6 +253,13 @@ impl Provider for RunpodProvider {
             "ports": ["22/tcp"],
             "startSsh": true,
         });
+        if let Some(model) = &req.model {
+            // A model server: vLLM's arguments to the image's entrypoint (`args` is one
+            // string), its port behind RunPod's HTTPS proxy.
+            body["image"] = json!(req.image.as_deref().unwrap_or(MODEL_IMAGE));
+            body["args"] = json!(model_server_args(model, k.count).join(" "));
+            body["ports"] = json!([format!("{MODEL_PORT}/http"), "22/tcp"]);
+        }
         let r = self.api.req(Method::POST, "/pods", Some(&body)).await?;
         if !r.status.is_success() {
             return Err(status_error(&r, no_capacity));

@@ -9,13 +9,18 @@
 //! is the instance id. The SSH key is registered on the account (`POST /ssh/`), which
 //! Vast applies to the account's instances. An outbid instance goes `stopped` and keeps
 //! billing storage: it is reported `Interrupted`, so spotd ends the rental and destroys it.
+//! A cold model's instance runs its image with vLLM's arguments (`runtype: "args"`) and
+//! publishes port 8000; its endpoint is `public_ipaddr` and the host port Vast mapped.
 
 use async_trait::async_trait;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::rest::{self, parse, status_error, RestApi};
-use super::{CreateInstance, Instance, InstanceState, Provider, ProviderError, ProviderOffer};
+use super::{
+    model_server_args, CreateInstance, Instance, InstanceState, Provider, ProviderError,
+    ProviderOffer, MODEL_IMAGE, MODEL_PORT,
+};
 use crate::http_client::{HttpClient, HttpResponse};
 use crate::market::normalize_gpu;
 use crate::model::Ssh;
@@ -168,6 +173,24 @@ fn instance_of(i: &Value) -> Option<Instance> {
         }
         _ => None,
     };
+    // A model server's base URL: the public address and the host port Vast mapped to
+    // the server's port (`ports` only appears once the instance runs).
+    let endpoint = match (state, i["public_ipaddr"].as_str()) {
+        (InstanceState::Running, Some(ip)) if !ip.trim().is_empty() => {
+            let mapped = &i["ports"][format!("{MODEL_PORT}/tcp")][0]["HostPort"];
+            rest::num(mapped)
+                .filter(|p| (1.0..=65535.0).contains(p))
+                .map(|p| {
+                    let ip = ip.trim();
+                    if ip.contains(':') {
+                        format!("http://[{ip}]:{}/v1", p as u16)
+                    } else {
+                        format!("http://{ip}:{}/v1", p as u16)
+                    }
+                })
+        }
+        _ => None,
+    };
     let created_at = rest::num(&i["start_date"])
         .map(|s| crate::clock::rfc3339((s * 1000.0) as i64))
         .unwrap_or_default();
@@ -176,7 +199,7 @@ fn instance_of(i: &Value) -> Option<Instance> {
         offer_id: rest::str_of(&i["ask_id"]).unwrap_or_default(),
         label: i["label"].as_str().unwrap_or_default().to_string(),
         state,
-        endpoint: None,
+        endpoint,
         ssh,
         created_at,
         ended_at: None,
@@ -227,6 +250,17 @@ impl Provider for VastProvider {
             "runtype": "ssh",
             "env": req.env,
         });
+        if let Some(model) = &req.model {
+            // A model server: the image's entrypoint gets vLLM's arguments (runtype
+            // "args", no SSH), and its port is published the way Vast takes docker
+            // flags, as an env key ("-p 8000:8000": "1").
+            let mut env = req.env.clone();
+            env.insert(format!("-p {MODEL_PORT}:{MODEL_PORT}"), "1".into());
+            body["image"] = json!(req.image.as_deref().unwrap_or(MODEL_IMAGE));
+            body["runtype"] = json!("args");
+            body["args"] = json!(model_server_args(model, req.gpu_count));
+            body["env"] = json!(env);
+        }
         if let Some(b) = bid {
             body["price"] = b.to_json();
         }
@@ -300,6 +334,34 @@ impl Provider for VastProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_endpoint_needs_running_an_address_and_the_mapped_port() {
+        let at = |status: &str, ip: Value, host_port: Value| {
+            instance_of(
+                &json!({"id": 1, "actual_status": status, "public_ipaddr": ip,
+                "ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": host_port}]}}),
+            )
+            .unwrap()
+            .endpoint
+        };
+        assert_eq!(
+            at("running", json!("203.0.113.7\n"), json!("41234")),
+            Some("http://203.0.113.7:41234/v1".into())
+        );
+        assert_eq!(
+            at("running", json!("2001:db8::7"), json!(41234)),
+            Some("http://[2001:db8::7]:41234/v1".into())
+        );
+        assert_eq!(at("loading", json!("203.0.113.7"), json!("41234")), None);
+        assert_eq!(at("running", json!(""), json!("41234")), None);
+        assert_eq!(at("running", json!("203.0.113.7"), json!("0")), None);
+        assert_eq!(at("running", json!("203.0.113.7"), json!("x")), None);
+        // Only port 22 published (a plain SSH rental): no model endpoint.
+        let plain = instance_of(&json!({"id": 1, "actual_status": "running",
+            "public_ipaddr": "203.0.113.7", "ports": {"22/tcp": [{"HostPort": "20000"}]}}));
+        assert_eq!(plain.unwrap().endpoint, None);
+    }
 
     #[test]
     fn offer_ids_round_trip_and_states_map() {

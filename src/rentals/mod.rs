@@ -215,6 +215,16 @@ impl Rentals {
                 if req.max_price_per_hour.is_some() {
                     f.max_price = req.max_price_per_hour;
                 }
+                if req.model.is_some() {
+                    // A deployment needs a provider that runs its model server.
+                    f.exclude_providers.extend(
+                        self.registry
+                            .all()
+                            .into_iter()
+                            .filter(|(_, p)| !p.serves_models())
+                            .map(|(c, _)| c.name),
+                    );
+                }
                 let v = self.market.cheapest(&f, MAX_CANDIDATES);
                 if v.is_empty() {
                     return Err(Error::conflict(
@@ -286,6 +296,7 @@ impl Rentals {
                 model: req.model.clone(),
                 ssh_public_key: req.ssh_public_key.clone(),
                 env: req.env.clone(),
+                gpu_count: offer.gpu_count,
             };
             match provider.create_instance(&create).await {
                 Ok(inst) => {

@@ -33,6 +33,8 @@ struct World {
     mock: Mock,
     instances: Arc<Mutex<Vec<Value>>>,
     key_ok: Arc<AtomicBool>,
+    /// Vast only: the loopback port a model instance's server is "published" on.
+    model_port: Arc<AtomicU64>,
 }
 
 impl World {
@@ -72,7 +74,8 @@ async fn vast_mock() -> World {
             .clone(),
     ));
     let key_ok = Arc::new(AtomicBool::new(true));
-    let (inst, ok) = (instances.clone(), key_ok.clone());
+    let model_port = Arc::new(AtomicU64::new(0));
+    let (inst, ok, mport) = (instances.clone(), key_ok.clone(), model_port.clone());
     let mock = start(Arc::new(move |r: &Req| -> Reply {
         if !authorized(r, VAST_KEY, &ok) {
             // Not a recorded answer: Vast's exact 401 body is not documented.
@@ -107,6 +110,13 @@ async fn vast_mock() -> World {
                 i["image_uuid"] = r.body["image"].clone();
                 i["num_gpus"] = o["num_gpus"].clone();
                 i["gpu_name"] = o["gpu_name"].clone();
+                if r.body["env"].get("-p 8000:8000").is_some() {
+                    // Vast publishes the container's port 8000 on a host port; here
+                    // that is the loopback model server of the test.
+                    i["public_ipaddr"] = json!("127.0.0.1\n");
+                    i["ports"] = json!({"8000/tcp": [{"HostIp": "0.0.0.0",
+                        "HostPort": mport.load(Ordering::SeqCst).to_string()}]});
+                }
                 list.push(i);
                 json(200, &json!({"success": true, "new_contract": id}))
             }
@@ -139,6 +149,7 @@ async fn vast_mock() -> World {
         mock,
         instances,
         key_ok,
+        model_port,
     }
 }
 
@@ -203,6 +214,7 @@ async fn runpod_mock() -> World {
         mock,
         instances,
         key_ok,
+        model_port: Arc::new(AtomicU64::new(0)),
     }
 }
 
@@ -293,6 +305,7 @@ async fn lambda_mock() -> World {
         mock,
         instances,
         key_ok,
+        model_port: Arc::new(AtomicU64::new(0)),
     }
 }
 
@@ -816,4 +829,207 @@ async fn spotd_serves_rents_and_tears_down_on_vast_runpod_and_lambda() {
         billed += usd(&r["cost"]);
     }
     assert_eq!(balance, Usd::from_dollars(100) - billed);
+}
+
+/// A stand-in for vLLM on loopback: lists its model and answers chat, but only to
+/// the deployment's own key, which it reads from the create request spotd sent Vast.
+async fn fake_vllm(vast: &World, model: &'static str) -> Mock {
+    let seen = vast.mock.seen.clone();
+    let server = start(Arc::new(move |r: &Req| -> Reply {
+        let key = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|q| q.method == "PUT")
+            .and_then(|q| q.body["env"]["VLLM_API_KEY"].as_str().map(str::to_string));
+        match key {
+            Some(k) if r.auth.as_deref() == Some(&format!("Bearer {k}")) => {}
+            _ => return reply(401, r#"{"error":{"message":"bad key","type":"auth"}}"#),
+        }
+        match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/v1/models") => json(200, &json!({"object": "list", "data": [{"id": model, "object": "model"}]})),
+            ("POST", "/v1/chat/completions") => json(200, &json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "served by vLLM on Vast"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})),
+            _ => reply(404, "{}"),
+        }
+    }))
+    .await;
+    let port: u64 = server.base.rsplit(':').next().unwrap().parse().unwrap();
+    vast.model_port.store(port, Ordering::SeqCst);
+    server
+}
+
+/// A cold model on a real container cloud: spotd rents the cheapest fitting Vast offer
+/// with vLLM's image, arguments and published port, gives the server a key of its own,
+/// finds the endpoint in Vast's port map, proxies to it with that key, and reaps the
+/// GPU when idle (destroyed on Vast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_model_deploys_on_vast_with_its_own_key_and_is_reaped() {
+    const MODEL: &str = "acme/tiny-chat";
+    let vast = vast_mock().await;
+    let vllm = fake_vllm(&vast, MODEL).await;
+    let d = Daemon::start_with_config(
+        &format!(
+            r#"
+[billing]
+metering_interval_seconds = 1
+
+[deployments]
+idle_timeout_seconds = 3
+
+[[providers]]
+name = "vast"
+kind = "vastai"
+base_url = "{}"
+api_key_env = "VAST_TEST_KEY"
+
+[[models]]
+id = "{MODEL}"
+min_vram_gb = 24
+"#,
+            vast.mock.base
+        ),
+        &[("VAST_TEST_KEY", VAST_KEY)],
+    );
+    let (_, key) = d.account("carol", "50").await;
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
+
+    let r = d.post("/v1/chat/completions", &key, chat.clone()).await;
+    assert_eq!(r.status, 202, "{:?}\nlog:\n{}", r.body, d.log());
+    assert_eq!(r.body["status"], "deploying");
+    let puts = vast.mock.requests("PUT", "/asks/");
+    assert_eq!(puts.len(), 1, "one deployment");
+    // The cheapest offer with 24 GB: the RTX 4090 ask, as an interruptible bid.
+    assert_eq!(puts[0].path, "/asks/12345678/");
+    let b = &puts[0].body;
+    assert_eq!(b["image"], "vllm/vllm-openai:latest");
+    assert_eq!(b["runtype"], "args");
+    assert_eq!(
+        b["args"],
+        json!([
+            "--model",
+            MODEL,
+            "--port",
+            "8000",
+            "--tensor-parallel-size",
+            "1"
+        ])
+    );
+    assert_eq!(b["env"]["-p 8000:8000"], "1");
+    assert_eq!(b["env"]["MODEL"], MODEL);
+    let dep_key = b["env"]["VLLM_API_KEY"].as_str().expect("a deployment key");
+    assert!(dep_key.len() >= 32, "{dep_key}");
+    assert!(!dep_key.contains(&key), "never the caller's key");
+
+    // Ready once Vast reports it running and the server answers to the key.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        let r = d.post("/v1/chat/completions", &key, chat.clone()).await;
+        if r.status != 202 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(r.status, 200, "{:?}\nlog:\n{}", r.body, d.log());
+    assert_eq!(
+        r.body["choices"][0]["message"]["content"],
+        "served by vLLM on Vast"
+    );
+    let to_model = vllm.requests("POST", "/v1/chat/completions");
+    assert_eq!(to_model.len(), 1);
+    assert_eq!(
+        to_model[0].auth.as_deref(),
+        Some(format!("Bearer {dep_key}").as_str())
+    );
+    let rentals = d.get("/v1/gpus/rentals", &key).await;
+    let dep = rentals.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["model"] == MODEL)
+        .cloned()
+        .expect("the deployment is a rental of the caller");
+    assert_eq!(
+        dep["endpoint"],
+        format!("{}/v1", vllm.base),
+        "the public address and the host port Vast mapped to 8000"
+    );
+    assert!(
+        !dep.to_string().contains(dep_key),
+        "the deployment key is never shown"
+    );
+
+    // Idle for 3 s: reaped, and the instance destroyed on Vast.
+    let id = dep["id"].as_str().unwrap().to_string();
+    let vid = vast.instance("label", &id).expect("on the mock")["id"].to_string();
+    let gone = d
+        .wait_rental(&key, &id, 30, |r| r["state"] == "terminated")
+        .await;
+    assert_eq!(gone["termination_reason"], "idle", "{gone}");
+    assert!(vast.instance("label", &id).is_none(), "destroyed on Vast");
+    assert_eq!(
+        vast.mock
+            .requests("DELETE", &format!("/instances/{vid}/"))
+            .len(),
+        1
+    );
+}
+
+/// Lambda launches VMs, not containers: a cold model never deploys there, even when
+/// a Lambda offer fits; without another provider the caller gets a clear 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_model_never_deploys_on_lambda() {
+    let lambda = lambda_mock().await;
+    let d = Daemon::start_with_config(
+        &format!(
+            r#"
+[[providers]]
+name = "lambda"
+kind = "lambda"
+base_url = "{}"
+api_key_env = "LAMBDA_TEST_KEY"
+
+[[models]]
+id = "acme/tiny-chat"
+min_vram_gb = 24
+"#,
+            lambda.mock.base
+        ),
+        &[("LAMBDA_TEST_KEY", LAMBDA_KEY)],
+    );
+    let (_, key) = d.account("dave", "50").await;
+    // Lambda's offers are in the market, and one fits the model.
+    let offers = all_offers(&d, &key).await;
+    assert!(
+        offers.values().any(|o| o["provider"] == "lambda"
+            && o["vram_gb"].as_u64().unwrap() * o["gpu_count"].as_u64().unwrap() >= 24),
+        "{offers:?}"
+    );
+    let r = d
+        .post(
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("acme/tiny-chat"),
+        "{:?}",
+        r.body
+    );
+    assert!(lambda
+        .mock
+        .requests("POST", "/instance-operations/launch")
+        .is_empty());
+    let rentals = d.get("/v1/gpus/rentals", &key).await;
+    assert_eq!(rentals.body["data"], json!([]), "nothing rented");
+    let credits = d.get("/v1/credits", &key).await;
+    assert_eq!(usd(&credits.body["held"]), Usd::ZERO, "no hold left behind");
 }

@@ -45,6 +45,17 @@ async fn mock() -> Mock {
                 reply(502, "Bad Gateway")
             }
             ("GET", "/flaky/pods") => json(200, &json!({"pods": *created.lock().unwrap()})),
+            // A model pod: created as asked, then listed running with its ports.
+            ("POST", "/model/pods") => json(
+                201,
+                &json!({"id": "m0d3lp0d", "name": r.body["name"], "status": "PROVISIONING",
+                    "image": r.body["image"], "ports": r.body["ports"]}),
+            ),
+            ("GET", "/model/pods/m0d3lp0d") => json(
+                200,
+                &json!({"id": "m0d3lp0d", "name": "rnt_model", "status": "RUNNING",
+                    "image": "vllm/vllm-openai:latest", "ports": ["8000/http", "22/tcp"]}),
+            ),
             _ => reply(404, r#"{"title":"Not Found","status":404}"#),
         }
     }))
@@ -59,6 +70,7 @@ fn create() -> CreateInstance {
         model: None,
         ssh_public_key: Some("ssh-ed25519 AAAAC3Nza user@host".into()),
         env: [("HF_HOME".to_string(), "/workspace/hf".to_string())].into(),
+        gpu_count: 1,
     }
 }
 
@@ -225,4 +237,46 @@ async fn no_capacity_500_adoption_and_error_paths() {
     );
     assert_eq!(m.requests("POST", "/flaky/pods").len(), 1);
     check_error_paths(&m, provider, create()).await;
+}
+
+/// A cold model's pod: vLLM's image and arguments, port 8000 behind RunPod's HTTPS
+/// proxy, the endpoint `https://{pod}-8000.proxy.runpod.net/v1` once it runs.
+#[tokio::test]
+async fn a_model_pod_runs_vllm_behind_the_https_proxy() {
+    let m = mock().await;
+    let p = provider(format!("{}/model", m.base), Duration::from_secs(5));
+    let mut req = create();
+    req.model = Some("acme/tiny-chat".into());
+    req.ssh_public_key = None;
+    req.env
+        .insert("VLLM_API_KEY".into(), "deployment-key".into());
+    let i = p.create_instance(&req).await.unwrap();
+    assert_eq!(i.id, "m0d3lp0d");
+    assert_eq!(i.state, InstanceState::Provisioning);
+    assert_eq!(i.endpoint, None, "no endpoint before it runs");
+    let body = &m.requests("POST", "/model/pods")[0].body;
+    assert_eq!(body["image"], "vllm/vllm-openai:latest");
+    assert_eq!(
+        body["args"], "--model acme/tiny-chat --port 8000 --tensor-parallel-size 2",
+        "one shard per GPU of the offer (2 x RTX 4090)"
+    );
+    assert_eq!(body["ports"], json!(["8000/http", "22/tcp"]));
+    assert_eq!(body["env"]["VLLM_API_KEY"], "deployment-key");
+    let running = p.get_instance("m0d3lp0d").await.unwrap().unwrap();
+    assert_eq!(running.state, InstanceState::Running);
+    assert_eq!(
+        running.endpoint.as_deref(),
+        Some("https://m0d3lp0d-8000.proxy.runpod.net/v1")
+    );
+    // A pod without the model port (a plain rental) has no endpoint.
+    let plain = p_ok(&m).await;
+    assert_eq!(plain.endpoint, None);
+}
+
+async fn p_ok(m: &Mock) -> spotd::providers::Instance {
+    provider(format!("{}/ok", m.base), Duration::from_secs(5))
+        .get_instance("7h9k2m4n6p")
+        .await
+        .unwrap()
+        .unwrap()
 }

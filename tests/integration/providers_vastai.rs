@@ -72,6 +72,7 @@ fn create(offer: &str) -> CreateInstance {
         model: None,
         ssh_public_key: Some("ssh-ed25519 AAAAC3Nza user@host".into()),
         env: [("HF_HOME".to_string(), "/workspace/hf".to_string())].into(),
+        gpu_count: 1,
     }
 }
 
