@@ -270,6 +270,60 @@ async fn embeddings_have_openai_shape_and_are_deterministic() {
     h.shutdown().await;
 }
 
+/// A model instance started with a deployment key answers only that key, as vLLM
+/// does with `VLLM_API_KEY`; one started without a key answers anyone.
+#[tokio::test]
+async fn a_model_server_answers_only_its_deployment_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, clock) = boot(dir.path()).await;
+    let c = client();
+    let mut req = CreateInstance {
+        offer_id: fixture_offer("strato"),
+        label: "rnt_k".into(),
+        model: Some("my/model".into()),
+        ..Default::default()
+    };
+    req.env.insert(
+        crate::inference::DEPLOYMENT_KEY_ENV.into(),
+        "dep-key-1".into(),
+    );
+    let i: Instance = c
+        .post_json(
+            &format!("{}/instances", h.cloud_base_url("strato")),
+            None,
+            &req,
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    clock.advance(120_000);
+    let models = format!(
+        "{}/instances/{}/v1/models",
+        h.cloud_base_url("strato"),
+        i.id
+    );
+    for (key, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("wrong"), StatusCode::UNAUTHORIZED),
+        (Some("dep-key-1"), StatusCode::OK),
+    ] {
+        let r = c.get(&models, key).await.unwrap();
+        assert_eq!(r.status, want, "key {key:?}");
+    }
+    let chat = format!(
+        "{}/instances/{}/v1/chat/completions",
+        h.cloud_base_url("strato"),
+        i.id
+    );
+    let body = json!({"model": "my/model", "messages": [{"role": "user", "content": "hi"}]});
+    let r = c.post_json(&chat, None, &body).await.unwrap();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = c.post_json(&chat, Some("dep-key-1"), &body).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    h.shutdown().await;
+}
+
 /// An offer of `cloud` with a GPU big enough for any test model.
 fn fixture_offer(cloud: &str) -> String {
     let cats = catalog::load().unwrap();

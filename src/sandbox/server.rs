@@ -18,6 +18,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::ids;
 use crate::money::Usd;
 use crate::providers::protocol::{
     CreateInstance, ErrorBody, InstanceState, InstancesResponse, OffersResponse, ProviderOffer,
@@ -141,6 +142,11 @@ pub async fn handle(
         method: &parts.method,
         body: &body,
         faults: Faults::parse(&parts.headers),
+        bearer: parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ")),
     };
     Ok(route(&state, &segs, &call).await.into_response())
 }
@@ -151,6 +157,8 @@ struct Call<'a> {
     body: &'a [u8],
     /// Only model servers honour these, so a bad header only fails a model request.
     faults: Result<Faults, String>,
+    /// The `Authorization: Bearer` token, if any.
+    bearer: Option<&'a str>,
 }
 
 async fn route(st: &Arc<State>, segs: &[&str], call: &Call<'_>) -> Reply {
@@ -380,6 +388,11 @@ async fn create(st: &Arc<State>, c: &CloudState, body: &[u8]) -> Reply {
     } else {
         None
     };
+    // A model server answers only the key it was started with (vLLM's VLLM_API_KEY).
+    let api_key = match req.model {
+        Some(_) => req.env.get(crate::inference::DEPLOYMENT_KEY_ENV).cloned(),
+        None => None,
+    };
     let rec = InstanceRecord {
         cloud: c.name.clone(),
         id,
@@ -392,6 +405,7 @@ async fn create(st: &Arc<State>, c: &CloudState, body: &[u8]) -> Reply {
         ready_at: ready,
         preempt_at,
         deleted_at: None,
+        api_key,
     };
     if let Err(e) = st.persist(rec.clone(), Some(seq)).await {
         tracing::warn!("sandbox: {e}");
@@ -443,6 +457,19 @@ async fn instance_model(
         let inst = st.instances.lock().await;
         match inst.get(&c.name, id) {
             Some(r) if r.model.is_some() => {
+                let key_ok = match &r.api_key {
+                    Some(k) => call.bearer.is_some_and(|b| {
+                        ids::same_hash(&ids::hash_secret(b), &ids::hash_secret(k))
+                    }),
+                    None => true,
+                };
+                if !key_ok {
+                    return llm::error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_request_error",
+                        "this model server answers only its deployment key",
+                    );
+                }
                 if r.state_at(now).0 != InstanceState::Running {
                     return llm::error(
                         StatusCode::SERVICE_UNAVAILABLE,

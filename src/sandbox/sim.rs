@@ -35,6 +35,46 @@ pub struct InstanceRecord {
     pub preempt_at: Option<Millis>,
     /// When the owner asked to delete it.
     pub deleted_at: Option<Millis>,
+    /// A model instance's server answers only this Bearer key, as vLLM does with
+    /// `VLLM_API_KEY` in its environment. Added after the first format: records written
+    /// before it decode through [`InstanceRecordV0`].
+    pub api_key: Option<String>,
+}
+
+/// The record as first stored (no `api_key`). bincode is not self-describing, so an
+/// older record fails to decode as [`InstanceRecord`] and is read as this instead.
+#[derive(Deserialize)]
+pub struct InstanceRecordV0 {
+    cloud: String,
+    id: String,
+    seq: u64,
+    offer_id: String,
+    label: String,
+    image: Option<String>,
+    model: Option<String>,
+    created_at: Millis,
+    ready_at: Millis,
+    preempt_at: Option<Millis>,
+    deleted_at: Option<Millis>,
+}
+
+impl From<InstanceRecordV0> for InstanceRecord {
+    fn from(o: InstanceRecordV0) -> InstanceRecord {
+        InstanceRecord {
+            cloud: o.cloud,
+            id: o.id,
+            seq: o.seq,
+            offer_id: o.offer_id,
+            label: o.label,
+            image: o.image,
+            model: o.model,
+            created_at: o.created_at,
+            ready_at: o.ready_at,
+            preempt_at: o.preempt_at,
+            deleted_at: o.deleted_at,
+            api_key: None,
+        }
+    }
 }
 
 impl InstanceRecord {
@@ -141,6 +181,7 @@ mod tests {
             ready_at: 21_000,
             preempt_at: None,
             deleted_at: None,
+            api_key: None,
         }
     }
 

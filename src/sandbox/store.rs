@@ -14,7 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::store::codec::{decode, encode};
 
-use super::sim::InstanceRecord;
+use super::sim::{InstanceRecord, InstanceRecordV0};
 
 /// (cloud, instance id) -> `InstanceRecord`.
 const INSTANCES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("instances");
@@ -56,9 +56,12 @@ impl SandboxStore {
             let t = rx.open_table(INSTANCES).map_err(err)?;
             for row in t.iter().map_err(err)? {
                 let (_, v) = row.map_err(err)?;
-                loaded
-                    .instances
-                    .push(decode::<InstanceRecord>(v.value()).map_err(err)?);
+                let rec = decode::<InstanceRecord>(v.value()).or_else(|e| {
+                    decode::<InstanceRecordV0>(v.value())
+                        .map(InstanceRecord::from)
+                        .map_err(|_| err(e))
+                })?;
+                loaded.instances.push(rec);
             }
             let c = rx.open_table(COUNTERS).map_err(err)?;
             for row in c.iter().map_err(err)? {
@@ -108,6 +111,64 @@ impl SandboxStore {
 mod tests {
     use super::*;
 
+    /// A record written before `api_key` existed still loads (no key).
+    #[test]
+    fn records_of_the_first_format_still_load() {
+        #[derive(serde::Serialize)]
+        struct V0 {
+            cloud: String,
+            id: String,
+            seq: u64,
+            offer_id: String,
+            label: String,
+            image: Option<String>,
+            model: Option<String>,
+            created_at: i64,
+            ready_at: i64,
+            preempt_at: Option<i64>,
+            deleted_at: Option<i64>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clouds.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(INSTANCES).unwrap();
+                let old = V0 {
+                    cloud: "nimbus".into(),
+                    id: "nimbus-000007".into(),
+                    seq: 7,
+                    offer_id: "nb-x".into(),
+                    label: "rnt_old".into(),
+                    image: None,
+                    model: Some("m".into()),
+                    created_at: 1,
+                    ready_at: 2,
+                    preempt_at: None,
+                    deleted_at: Some(3),
+                };
+                let bytes = encode(&old).unwrap();
+                t.insert(("nimbus", "nimbus-000007"), bytes.as_slice())
+                    .unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let (_s, loaded) = SandboxStore::open(&path).unwrap();
+        assert_eq!(loaded.instances.len(), 1);
+        let r = &loaded.instances[0];
+        assert_eq!(
+            (
+                r.id.as_str(),
+                r.label.as_str(),
+                r.model.as_deref(),
+                r.deleted_at
+            ),
+            ("nimbus-000007", "rnt_old", Some("m"), Some(3))
+        );
+        assert_eq!(r.api_key, None);
+    }
+
     #[test]
     fn records_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -126,6 +187,7 @@ mod tests {
             ready_at: 10,
             preempt_at: Some(99),
             deleted_at: None,
+            api_key: Some("k".into()),
         };
         s.put(&rec, Some(1)).unwrap();
         s.close();
