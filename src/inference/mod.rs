@@ -13,7 +13,7 @@ pub mod catalog;
 pub mod reaper;
 pub mod stream;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,7 +98,9 @@ pub struct Inference {
     probe: HttpClient,
     pub(crate) cfg: InferenceConfig,
     locks: Mutex<HashMap<(String, String), DeployLock>>,
-    ready: Mutex<HashSet<String>>,
+    /// Deployments found ready, with the endpoint they answered at (a rental whose
+    /// address changed is probed again).
+    ready: Mutex<HashMap<String, String>>,
     pub(crate) activity: Arc<Activity>,
 }
 
@@ -122,7 +124,7 @@ impl Inference {
             probe: HttpClient::new(Duration::from_secs(2)),
             cfg,
             locks: Mutex::new(HashMap::new()),
-            ready: Mutex::new(HashSet::new()),
+            ready: Mutex::new(HashMap::new()),
             activity: Arc::new(Activity::default()),
         }
     }
@@ -162,7 +164,8 @@ impl Inference {
             .ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&r.id)
+            .get(&r.id)
+            .is_some_and(|at| at == endpoint)
         {
             return true;
         }
@@ -176,7 +179,7 @@ impl Inference {
             self.ready
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(r.id.clone());
+                .insert(r.id.clone(), endpoint.clone());
         }
         ok
     }
@@ -730,7 +733,9 @@ pub fn prefer_wait(headers: &hyper::HeaderMap) -> Option<u64> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .find_map(|p| {
-            let (k, v) = p.trim().split_once('=')?;
+            // A preference may carry parameters after ';' (RFC 7240 section 2).
+            let pref = p.split(';').next().unwrap_or("");
+            let (k, v) = pref.trim().split_once('=')?;
             k.trim()
                 .eq_ignore_ascii_case("wait")
                 .then(|| v.trim().trim_matches('"').parse::<u64>().ok())?
@@ -752,6 +757,16 @@ mod tests {
         assert_eq!(prefer_wait(&h), Some(900));
         h.insert("prefer", HeaderValue::from_static("wait=soon"));
         assert_eq!(prefer_wait(&h), None);
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("wait=10; foo=bar, return=minimal"),
+        );
+        assert_eq!(prefer_wait(&h), Some(10));
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("handling=lenient;wait=3"),
+        );
+        assert_eq!(prefer_wait(&h), None, "a parameter of another preference");
     }
 
     #[test]

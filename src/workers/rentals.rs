@@ -31,6 +31,9 @@ enum Step {
     Adopt(Instance),
     Running(Instance),
     Seen,
+    /// Running, and the provider now reports another endpoint or SSH address (a new
+    /// IP or port after a host restart; the in-process sandbox after a daemon restart).
+    Moved(Instance),
     Fail(TerminationReason, String),
     /// Ended under the rental; `true` when the instance still exists and must be
     /// destroyed (a stopped Vast bid, an exited container: they keep billing storage).
@@ -151,6 +154,11 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
                         return Step::Teardown(TerminationReason::Idle);
                     }
                 }
+                let moved = (i.endpoint.is_some() && i.endpoint != r.endpoint)
+                    || (i.ssh.is_some() && i.ssh != r.ssh);
+                if moved {
+                    return Step::Moved(i.clone());
+                }
                 // Recorded every few seconds, not every poll: it only bounds how much
                 // of a vanished instance's last moments is billed.
                 if now - r.seen_running_at.unwrap_or(0) >= SEEN_EVERY_MS {
@@ -219,6 +227,22 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
         Step::Seen => rs
             .update(&id, None, |_tx, _a, r, now| {
                 if r.state == RentalState::Running {
+                    r.seen_running_at = Some(now);
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ()),
+        Step::Moved(i) => rs
+            .update(&id, None, move |_tx, _a, r, now| {
+                if r.state == RentalState::Running {
+                    tracing::info!(rental = %r.id, endpoint = ?i.endpoint, "the instance's address changed");
+                    if i.endpoint.is_some() {
+                        r.endpoint = i.endpoint;
+                    }
+                    if i.ssh.is_some() {
+                        r.ssh = i.ssh;
+                    }
                     r.seen_running_at = Some(now);
                 }
                 Ok(())

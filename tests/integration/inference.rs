@@ -470,3 +470,49 @@ async fn a_preempted_deployment_is_redeployed() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     d.assert_books_balance(&key).await;
 }
+
+/// A chat request to the cold model that waits for it (with an RFC 7240 parameter).
+async fn wait(d: &Daemon, key: &str) -> crate::common::Resp {
+    d.call_h(
+        Method::POST,
+        "/v1/chat/completions",
+        Some(key),
+        &[("Prefer", "wait=60; handling=strict")],
+        Some(chat(COLD, false)),
+    )
+    .await
+}
+
+/// After a restart the in-process sandbox clouds listen on a new port, so a running
+/// deployment's instance has a new address: spotd takes it from the provider and the
+/// model answers again, instead of staying "deploying" while billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_follows_its_new_address_after_a_restart() {
+    let mut d = Daemon::start(FAST_MODELS);
+    let key = d.demo_key.clone();
+    let r = wait(&d, &key).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let endpoint = |rentals: &Value| {
+        rentals["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == COLD && r["state"] == "running")
+            .map(|r| r["endpoint"].as_str().unwrap().to_string())
+    };
+    let before = endpoint(&d.get("/v1/gpus/rentals", &key).await.body).expect("running");
+    d.stop();
+    d.restart();
+    let r = wait(&d, &key).await;
+    assert_eq!(r.status, 200, "{:?}\nlog:\n{}", r.body, d.log());
+    let after = endpoint(&d.get("/v1/gpus/rentals", &key).await.body).expect("running");
+    assert_ne!(before, after, "the sandbox listens on a new port");
+    let rentals = d.get("/v1/gpus/rentals", &key).await;
+    let deployments = rentals.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["model"] == COLD)
+        .count();
+    assert_eq!(deployments, 1, "the same deployment, not a new one");
+}
