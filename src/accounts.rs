@@ -19,9 +19,13 @@ pub struct IssuedKey {
 }
 
 fn issue_key(tx: &Tx<'_>, account_id: &str, now: i64) -> Result<IssuedKey> {
+    issue_key_with_id(tx, account_id, ids::new_id("key"), now)
+}
+
+fn issue_key_with_id(tx: &Tx<'_>, account_id: &str, id: String, now: i64) -> Result<IssuedKey> {
     let secret = ids::new_api_key();
     let key = ApiKey {
-        id: ids::new_id("key"),
+        id,
         account_id: account_id.to_string(),
         hash: ids::hash_secret(&secret),
         prefix: secret.chars().take(13).collect(),
@@ -149,13 +153,37 @@ pub async fn add_credit_once(
 }
 
 pub async fn create_key(store: &Store, clock: &Clock, account_id: &str) -> Result<IssuedKey> {
+    match create_key_with_id(store, clock, account_id, None).await? {
+        (key, Some(secret)) => Ok(IssuedKey { key, secret }),
+        (_, None) => Err(Error::Internal("a new key without its secret".into())),
+    }
+}
+
+/// Issues a key for the account; with `key_id` (derived from an Idempotency-Key) a key
+/// that already has that id is returned instead, without its secret: the secret is
+/// shown once and never stored, so a retry after a crash cannot show it again.
+pub async fn create_key_with_id(
+    store: &Store,
+    clock: &Clock,
+    account_id: &str,
+    key_id: Option<String>,
+) -> Result<(ApiKey, Option<String>)> {
     let id = account_id.to_string();
     let clock = clock.clone();
     store
         .write(move |tx| {
             tx.account(&id)?
                 .ok_or_else(|| Error::NotFound(format!("no account with id '{id}'")))?;
-            issue_key(tx, &id, clock.now())
+            if let Some(kid) = &key_id {
+                if let Some(k) = tx.api_key_by_id(kid)? {
+                    if k.account_id == id {
+                        return Ok((k, None));
+                    }
+                }
+            }
+            let kid = key_id.unwrap_or_else(|| ids::new_id("key"));
+            let k = issue_key_with_id(tx, &id, kid, clock.now())?;
+            Ok((k.key, Some(k.secret)))
         })
         .await
 }

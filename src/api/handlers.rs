@@ -459,8 +459,17 @@ pub async fn admin(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
             .await
         }
         (&Method::POST, ["admin", "v1", "accounts", id, "keys"]) => {
-            let k = accounts::create_key(&app.store, clock, id).await?;
-            Ok((StatusCode::CREATED, views::api_key(&k.key, Some(&k.secret))))
+            idempotent(app, "admin", ctx, |stable| async move {
+                let (k, secret) = accounts::create_key_with_id(
+                    &app.store,
+                    clock,
+                    id,
+                    stable.map(|s| format!("key_{s}")),
+                )
+                .await?;
+                Ok((StatusCode::CREATED, views::api_key(&k, secret.as_deref())))
+            })
+            .await
         }
         (&Method::DELETE, ["admin", "v1", "keys", id]) => {
             let k = accounts::revoke_key(&app.store, clock, id).await?;

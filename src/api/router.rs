@@ -336,6 +336,8 @@ where
                 }
             };
             if let Some((status, v)) = stored {
+                let mut v = v;
+                redact_secrets(&mut v);
                 let rec = IdempotencyRecord {
                     body_hash: body_hash.clone(),
                     status,
@@ -356,6 +358,24 @@ where
         Err(e) => Err(e),
     };
     result
+}
+
+/// API key secrets are shown once and stored only as hashes, so the stored answer of
+/// a request that created a key keeps the key's id and prefix but not its secret: a
+/// replay shows `"key": null`.
+fn redact_secrets(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.get("object").and_then(Value::as_str) == Some("api_key") {
+                if let Some(k) = o.get_mut("key") {
+                    *k = Value::Null;
+                }
+            }
+            o.values_mut().for_each(redact_secrets);
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
 }
 
 /// Holds an Idempotency-Key as "in progress" until dropped.

@@ -146,3 +146,67 @@ async fn idempotent_rent_and_credit() {
     )
     .await;
 }
+
+/// Creating an account or a key with an Idempotency-Key: one object however often it
+/// is retried; the secret is shown once (the replay shows `"key": null`) and never
+/// lands in the database in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_account_and_key_creation_never_store_the_secret() {
+    let d = Daemon::start("");
+    let admin = d.admin.clone();
+    let post = |path: String, idem: &'static str, body: serde_json::Value| {
+        let admin = admin.clone();
+        let d = &d;
+        async move {
+            d.call_h(
+                Method::POST,
+                &path,
+                Some(&admin),
+                &[("Idempotency-Key", idem)],
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let body = json!({"name": "once", "credit": 1});
+    let first = post("/admin/v1/accounts".into(), "acct-once", body.clone()).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let secret = first.body["api_key"]["key"].as_str().unwrap().to_string();
+    let again = post("/admin/v1/accounts".into(), "acct-once", body).await;
+    assert_eq!(again.status, 201, "{:?}", again.body);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.body["api_key"]["id"], first.body["api_key"]["id"]);
+    assert_eq!(again.body["api_key"]["key"], serde_json::Value::Null);
+    let accounts = d.get("/admin/v1/accounts", &admin).await;
+    let named_once = accounts.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "once")
+        .count();
+    assert_eq!(named_once, 1);
+    assert_eq!(d.get("/v1/credits", &secret).await.status, 200);
+
+    // A second key for the account, retried: one key.
+    let acct = first.body["id"].as_str().unwrap().to_string();
+    let path = format!("/admin/v1/accounts/{acct}/keys");
+    let k1 = post(path.clone(), "key-once", json!({})).await;
+    assert_eq!(k1.status, 201, "{:?}", k1.body);
+    let secret2 = k1.body["key"].as_str().unwrap().to_string();
+    let k2 = post(path, "key-once", json!({})).await;
+    assert_eq!(k2.status, 201, "{:?}", k2.body);
+    assert_eq!(k2.body["id"], k1.body["id"]);
+    assert_eq!(k2.body["key"], serde_json::Value::Null);
+    let shown = d.get(&format!("/admin/v1/accounts/{acct}"), &admin).await;
+    assert_eq!(shown.body["api_keys"].as_array().unwrap().len(), 2);
+    assert_eq!(d.get("/v1/credits", &secret2).await.status, 200);
+
+    // Neither secret is in the database file.
+    let db = std::fs::read(d.data_dir().join("spotd.redb")).unwrap();
+    for s in [&secret, &secret2] {
+        assert!(
+            !db.windows(s.len()).any(|w| w == s.as_bytes()),
+            "a plaintext key in spotd.redb"
+        );
+    }
+}
