@@ -319,7 +319,8 @@ fn components() -> Value {
             "Credits": {"type": "object", "properties": {"balance": usd, "held": usd, "available": usd}},
             "LedgerEntry": {"type": "object", "properties": {
                 "id": {"type": "string"}, "at": time, "kind": {"enum": ["credit", "hold", "release", "charge"]},
-                "amount": usd, "rental_id": {"type": ["string", "null"]}, "request_id": {"type": ["string", "null"]},
+                "amount": usd, "hold_amount": {"type": ["number", "null"], "description": "hold and release entries: the amount held or released (their amount is 0: they do not move the balance)"},
+                "rental_id": {"type": ["string", "null"]}, "request_id": {"type": ["string", "null"]},
                 "note": {"type": ["string", "null"]}, "balance_after": usd}},
             "ApiKey": {"type": "object", "properties": {"id": {"type": "string"}, "key": {"type": "string", "description": "The secret; present only when the key is created"}}, "additionalProperties": true},
             "Account": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},

@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 
 use crate::clock::rfc3339;
-use crate::model::{Account, ApiKey, LedgerEntry, Offer, Rental};
+use crate::model::{Account, ApiKey, LedgerEntry, LedgerKind, Offer, Rental};
+use crate::money::Usd;
 
 fn opt_time(t: Option<i64>) -> Value {
     t.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null)
@@ -58,13 +59,21 @@ pub fn rental(r: &Rental) -> Value {
     })
 }
 
+/// `balance` is the sum of the entries' `amount`s (SPEC section 4), so a hold or a
+/// release, which moves money between `available` and `held` and leaves the balance
+/// alone, shows `amount` 0 and its size as `hold_amount` (always positive).
 pub fn ledger_entry(e: &LedgerEntry) -> Value {
+    let (amount, hold_amount) = match e.kind {
+        LedgerKind::Hold | LedgerKind::Release => (Usd::ZERO, Some(Usd(e.amount.0.abs()))),
+        LedgerKind::Credit | LedgerKind::Charge => (e.amount, None),
+    };
     json!({
         "id": e.id,
         "object": "ledger_entry",
         "at": rfc3339(e.at),
         "kind": e.kind.as_str(),
-        "amount": e.amount.to_json(),
+        "amount": amount.to_json(),
+        "hold_amount": hold_amount.map(|h| h.to_json()),
         "rental_id": e.rental_id,
         "request_id": e.request_id,
         "note": e.note,

@@ -184,6 +184,7 @@ pub fn ledger_table(items: &[Value]) -> String {
         ("AT", L),
         ("KIND", L),
         ("AMOUNT", R),
+        ("HOLD", R),
         ("BALANCE", R),
         ("FOR", L),
         ("NOTE", L),
@@ -204,6 +205,10 @@ pub fn ledger_table(items: &[Value]) -> String {
             text(f("at")),
             text(f("kind")),
             usd(f("amount")),
+            match f("hold_amount") {
+                Value::Null => "-".into(),
+                v => usd(v),
+            },
             usd(f("balance_after")),
             for_,
             note,

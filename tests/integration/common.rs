@@ -394,15 +394,21 @@ impl Daemon {
             "available went below zero: {}",
             c.body
         );
-        let sum: Usd = entries
-            .iter()
-            .filter(|e| e["kind"] == "credit" || e["kind"] == "charge")
-            .map(|e| usd(&e["amount"]))
-            .sum();
+        // SPEC section 4: the balance is the sum of the ledger entries, all of them
+        // (holds and releases show amount 0 and their size as hold_amount).
+        let sum: Usd = entries.iter().map(|e| usd(&e["amount"])).sum();
         assert_eq!(
             sum, balance,
-            "balance must equal the sum of credit and charge entries"
+            "balance must equal the sum of the ledger entries"
         );
+        for e in &entries {
+            let moves_balance = e["kind"] == "credit" || e["kind"] == "charge";
+            assert_eq!(
+                e["hold_amount"].is_null(),
+                moves_balance,
+                "hold_amount on holds and releases only: {e}"
+            );
+        }
         (balance, held, available)
     }
 }
