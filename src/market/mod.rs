@@ -28,7 +28,7 @@ use crate::model::Offer;
 use cursor::Cursor;
 use index::Snapshot;
 
-pub use normalize::{normalize_gpu, offer_from_provider};
+pub use normalize::{insane_offer, normalize_gpu, offer_from_provider};
 pub use query::{
     gpu_matches, percent_decode, region_matches, OfferFilter, OfferQuery, Sort, DEFAULT_LIMIT,
     MAX_LIMIT,

@@ -106,6 +106,22 @@ fn find_model(compact: &str, needle: &str) -> bool {
     false
 }
 
+/// Why an offer cannot enter the market (a buggy or hostile pool): a negative price
+/// would pay the renter, no GPU or no id makes nothing to rent. `None` when it can.
+pub fn insane_offer(p: &ProviderOffer) -> Option<&'static str> {
+    if p.id.trim().is_empty() {
+        Some("empty id")
+    } else if p.gpu_count == 0 {
+        Some("gpu_count 0")
+    } else if p.price_per_hour.is_negative()
+        || p.on_demand_price_per_hour.is_some_and(|x| x.is_negative())
+    {
+        Some("negative price")
+    } else {
+        None
+    }
+}
+
 /// The normalized record of one provider offer; the id is `provider:native_id`.
 /// A reliability outside 0..1 (or not a number) is clamped, so sorting stays total.
 pub fn offer_from_provider(provider: &str, p: ProviderOffer, now: Millis) -> Offer {

@@ -8,7 +8,8 @@
 use async_trait::async_trait;
 use hyper::StatusCode;
 
-use super::protocol::{ErrorBody, InstancesResponse, OffersResponse};
+use super::protocol::{ErrorBody, InstancesResponse};
+use super::rest;
 use super::{CreateInstance, Instance, Provider, ProviderError, ProviderOffer};
 use crate::http_client::{HttpClient, HttpError, HttpResponse};
 
@@ -113,6 +114,44 @@ fn status_error(r: &HttpResponse) -> ProviderError {
     }
 }
 
+/// The offers of a `GET /offers` answer. Prices with more than six decimals (a pool
+/// written in a language with binary floats sends `0.30000000000000004`) are rounded
+/// up to the micro-dollar, as for the other providers; an offer that still does not
+/// fit the protocol is skipped with a warning instead of failing the whole listing.
+fn offers_of(provider: &str, v: &serde_json::Value) -> Result<Vec<ProviderOffer>, ProviderError> {
+    let list = v
+        .get("offers")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| ProviderError::Unavailable("answer without \"offers\"".into()))?;
+    let mut out = Vec::with_capacity(list.len());
+    let mut skipped: Option<(usize, String)> = None;
+    for o in list {
+        let mut o = o.clone();
+        for field in ["price_per_hour", "on_demand_price_per_hour"] {
+            if let Some(p) = o.get(field).and_then(rest::usd_per_hour) {
+                o[field] = p.to_json();
+            }
+        }
+        match serde_json::from_value::<ProviderOffer>(o) {
+            Ok(offer) => out.push(offer),
+            Err(e) => {
+                let s = skipped.get_or_insert((0, e.to_string()));
+                s.0 += 1;
+            }
+        }
+    }
+    match skipped {
+        Some((n, first)) if out.is_empty() => Err(ProviderError::Unavailable(format!(
+            "none of the {n} offers is valid: {first}"
+        ))),
+        Some((n, first)) => {
+            tracing::warn!(provider, skipped = n, error = %first, "offers skipped");
+            Ok(out)
+        }
+        None => Ok(out),
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(r: &HttpResponse) -> Result<T, ProviderError> {
     r.json::<T>().map_err(ProviderError::Unavailable)
 }
@@ -132,7 +171,8 @@ impl Provider for HttpProvider {
         if r.status != StatusCode::OK {
             return Err(status_error(&r));
         }
-        Ok(parse::<OffersResponse>(&r)?.offers)
+        let v: serde_json::Value = parse(&r)?;
+        offers_of(&self.name, &v)
     }
 
     async fn create_instance(&self, req: &CreateInstance) -> Result<Instance, ProviderError> {
@@ -201,6 +241,41 @@ mod tests {
 
     use super::*;
     use crate::providers::InstanceState;
+
+    /// A pool's listing parsed as arbitrary_precision serde_json does: float noise
+    /// rounds up to the micro-dollar, one bad offer is skipped, all bad is an error.
+    #[test]
+    fn offers_round_float_noise_up_and_skip_bad_ones() {
+        let offer = |id: &str, price: &str| {
+            format!(
+                r#"{{"id":"{id}","gpu":"T4","gpu_count":1,"vram_gb":16,"vcpus":4,"ram_gb":16,
+                "disk_gb":100,"region":"eu","price_per_hour":{price},"on_demand_price_per_hour":0.35,
+                "interruptible":true,"reliability":0.99,"available":1}}"#
+            )
+        };
+        let list = |offers: &[String]| -> serde_json::Value {
+            serde_json::from_str(&format!(r#"{{"offers":[{}]}}"#, offers.join(","))).unwrap()
+        };
+        let v = list(&[
+            offer("a", "0.30000000000000004"),
+            offer("b", "\"cheap\""),
+            offer("c", "0.25"),
+        ]);
+        let got = offers_of("pool", &v).unwrap();
+        let prices: Vec<(&str, i64)> = got
+            .iter()
+            .map(|o| (o.id.as_str(), o.price_per_hour.micros()))
+            .collect();
+        assert_eq!(prices, vec![("a", 300_001), ("c", 250_000)]);
+        assert_eq!(
+            got[0].on_demand_price_per_hour,
+            Some(crate::money::Usd::from_micros(350_000))
+        );
+        let err = offers_of("pool", &list(&[offer("b", "[]")])).unwrap_err();
+        assert!(err.to_string().contains("none of the 1 offers"), "{err}");
+        assert!(offers_of("pool", &serde_json::json!({"x": []})).is_err());
+        assert_eq!(offers_of("pool", &list(&[])).unwrap(), vec![]);
+    }
 
     type Reply = (u16, Vec<(&'static str, String)>, String);
     type Handler = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;

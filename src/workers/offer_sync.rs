@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Millis};
 use crate::error::Error;
-use crate::market::{offer_from_provider, Market};
+use crate::market::{insane_offer, offer_from_provider, Market};
 use crate::model::Offer;
 use crate::providers::registry::Registry;
 use crate::providers::ProviderError;
@@ -129,10 +129,22 @@ pub async fn refresh_once(
     let now = clock.now();
     let (error, retry_after_secs) = match listed {
         Ok(list) => {
+            let total = list.len();
+            let mut why = None;
             let offers: Vec<Offer> = list
                 .into_iter()
+                .filter(|p| match insane_offer(p) {
+                    Some(w) => {
+                        why.get_or_insert((p.id.clone(), w));
+                        false
+                    }
+                    None => true,
+                })
                 .map(|p| offer_from_provider(name, p, now))
                 .collect();
+            if let Some((id, w)) = why {
+                tracing::warn!(provider = name, skipped = total - offers.len(), first = %id, reason = w, "offers refused");
+            }
             match persist(store, name, offers).await {
                 Ok(offers) => {
                     // Rebuilding the index sorts the whole market (~70 ms at 100k
@@ -375,6 +387,31 @@ mod tests {
         );
         assert_eq!(s.registry.status("fake").unwrap().status, "ok");
         assert_eq!(stored(&s.store).await.len(), 1);
+    }
+
+    /// A negative price would pay the renter; no GPU or no id is nothing to rent:
+    /// such offers never reach the market, the others of the listing do.
+    #[tokio::test]
+    async fn insane_offers_are_refused_one_by_one() {
+        let s = setup(60);
+        {
+            let mut o = s.fake.offers.lock().unwrap();
+            o.push(offer("neg", "-0.5"));
+            o.push(ProviderOffer {
+                gpu_count: 0,
+                ..offer("none", "1")
+            });
+            o.push(offer(" ", "1"));
+            o.push(ProviderOffer {
+                on_demand_price_per_hour: Some(Usd::from_micros(-1)),
+                ..offer("negod", "1")
+            });
+        }
+        let out = refresh_once(&s.registry, &s.market, &s.store, &s.clock, "fake").await;
+        assert_eq!(out.unwrap(), RefreshOutcome::Refreshed { offers: 2 });
+        let mut ids: Vec<String> = stored(&s.store).await.into_iter().map(|o| o.id).collect();
+        ids.sort();
+        assert_eq!(ids, vec!["fake:a", "fake:b"]);
     }
 
     #[tokio::test]
