@@ -149,10 +149,46 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot open the store: {e}"))?;
+    let mut sandbox_handle = None;
+    let result = serve(
+        &cfg,
+        &store,
+        &mut sandbox_handle,
+        listener,
+        clock,
+        &data_dir,
+        notifier,
+        shutdown,
+    )
+    .await;
+    // Also when start-up fails halfway (a provider key missing from the environment):
+    // both redb files are closed cleanly, so the next start needs no repair.
+    if let Some(h) = sandbox_handle {
+        h.shutdown().await;
+    }
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    result
+}
+
+/// Everything after the store is open: the sandbox (when no provider is configured),
+/// the market, the workers, the API until `shutdown`. The caller closes the store and
+/// the sandbox whatever this answers.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    cfg: &Config,
+    store: &Store,
+    sandbox_handle: &mut Option<sandbox::SandboxHandle>,
+    listener: TcpListener,
+    clock: Clock,
+    data_dir: &Path,
+    notifier: Notifier,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let store = store.clone();
+    let data_dir = data_dir.to_path_buf();
     let admin_hash = admin_hash(&store, &data_dir).await?;
 
     // Sandbox mode: the simulated clouds run in-process on their own loopback port.
-    let mut sandbox_handle = None;
     let mut providers = cfg.providers.clone();
     if cfg.sandbox_mode() {
         let l = TcpListener::bind("127.0.0.1:0")
@@ -161,8 +197,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         // The sandbox keeps its clouds in DATA_DIR/sandbox/clouds.redb.
         let h = sandbox::start(l, cfg.sandbox.clone(), &data_dir, clock.clone()).await?;
         providers = sandbox_providers(&h, cfg.sandbox.refresh_seconds);
+        *sandbox_handle = Some(h);
         ensure_demo_account(&store, &clock, &data_dir).await?;
-        sandbox_handle = Some(h);
     }
     let http = HttpClient::new(PROVIDER_TIMEOUT);
     let registry = Arc::new(Registry::new(&providers, http)?);
@@ -248,7 +284,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         )
     });
     let catalog = Catalog::build(
-        &cfg,
+        cfg,
         hosted.as_ref().map(|(b, m)| (b.as_str(), m.as_slice())),
         |k| std::env::var(k).ok(),
     )?;
@@ -328,10 +364,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         let _ = redeployer.await;
     })
     .await;
-    if let Some(h) = sandbox_handle {
-        h.shutdown().await;
-    }
-    store.close();
     watchdog_stop.cancel();
     Ok(())
 }

@@ -146,6 +146,47 @@ fn systemd_gets_more_start_time_while_the_store_is_repaired() {
     assert!(sigterm_and_wait(&mut child).success());
 }
 
+/// A start that fails halfway (a provider key missing from the environment, found
+/// after the store is open) still closes the store cleanly: no repair next time.
+#[test]
+fn a_failed_start_leaves_the_store_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[providers]]\nname = \"vast\"\nkind = \"vastai\"\napi_key_env = \"SPOTD_TEST_UNSET_KEY\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&bad)
+        .env_remove("SPOTD_TEST_UNSET_KEY")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SPOTD_TEST_UNSET_KEY"), "{err}");
+    assert!(
+        dir.path().join("spotd.redb").exists(),
+        "the store was opened"
+    );
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let (mut child, _) = spawn(
+        dir.path(),
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let msgs = recv_until(&sock, "READY=1");
+    assert_eq!(msgs.len(), 1, "no repair after a failed start: {msgs:?}");
+    assert!(msgs[0].starts_with("READY=1"), "{msgs:?}");
+    assert!(sigterm_and_wait(&mut child).success());
+}
+
 async fn text(d: &Daemon, path: &str, key: Option<&str>) -> (u16, String, String) {
     let r = spotd::http_client::HttpClient::new(Duration::from_secs(30))
         .send(Method::GET, &format!("{}{path}", d.url), key, &[], None)
