@@ -33,10 +33,7 @@ install -m 0644 packaging/spotd.toml "$STAGE/usr/share/doc/spotd/spotd.toml.exam
 install -m 0644 README.md "$STAGE/usr/share/doc/spotd/README.md"
 # The installed config: every key of the example, but the example providers, upstreams
 # and models commented out: a fresh install must not call 10.0.0.5 or a paid API.
-awk '
-    /^# Real providers\./ { real = 1 }
-    { if (real && $0 != "" && $0 !~ /^#/) print "# " $0; else print }
-' packaging/spotd.toml > "$STAGE/etc/spotd/spotd.toml"
+"$BIN" config default --install > "$STAGE/etc/spotd/spotd.toml"
 chmod 0644 "$STAGE/etc/spotd/spotd.toml"
 cat > "$STAGE/usr/share/doc/spotd/copyright" <<'COPY'
 spotd is licensed under MIT OR Apache-2.0.

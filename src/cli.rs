@@ -74,7 +74,28 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Print the commented example configuration with every key and its default.
-    Default,
+    Default {
+        /// Print it as a fresh install should use it: the example providers, upstreams
+        /// and models commented out, so spotd runs its sandbox until you add yours.
+        #[arg(long)]
+        install: bool,
+    },
+}
+
+/// The example as installed: from the "Real providers" section on, every setting is
+/// commented out (a fresh install must not call an example address or a paid API).
+pub fn install_config() -> String {
+    let mut out = String::with_capacity(DEFAULT_CONFIG.len() + 512);
+    let mut real = false;
+    for line in DEFAULT_CONFIG.lines() {
+        real |= line.starts_with("# Real providers.");
+        if real && !line.is_empty() && !line.starts_with('#') {
+            out.push_str("# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,7 +103,8 @@ pub enum AdminCommand {
     /// Manage accounts.
     #[command(subcommand)]
     Account(AccountCommand),
-    /// Add credit to an account: `spotd admin credit ACCOUNT_ID USD`.
+    /// Add credit to an account: `spotd admin credit ACCOUNT_ID USD` (a negative amount
+    /// deducts, down to what the account has available).
     Credit(client::AdminCreditArgs),
 }
 
@@ -138,8 +160,12 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(a) => serve(a, &env),
         Command::SandboxCloud(a) => sandbox_cloud(a, &env),
-        Command::Config(ConfigCommand::Default) => {
-            print!("{DEFAULT_CONFIG}");
+        Command::Config(ConfigCommand::Default { install }) => {
+            if install {
+                print!("{}", install_config());
+            } else {
+                print!("{DEFAULT_CONFIG}");
+            }
             ExitCode::SUCCESS
         }
         other => run_client(other, &env),

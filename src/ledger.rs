@@ -248,13 +248,16 @@ pub fn meter(
     let due = prorate(rental.price_per_hour, secs);
     let step = due - rental.cost;
     let cover = rental.held() + account.available();
+    // Billing is cumulative (each step brings the cost up to `prorate(secs)`), so the
+    // note names the running total of seconds, said as such: a step's own seconds
+    // are the difference to the previous note.
     let note = Some(if step.is_negative() {
         format!(
-            "refund: billed past the end; {secs} s at {} USD/h",
+            "refund: billed past the end; {secs} s of use in all at {} USD/h",
             rental.price_per_hour
         )
     } else {
-        format!("{secs} s at {} USD/h", rental.price_per_hour)
+        format!("{secs} s of use in all at {} USD/h", rental.price_per_hour)
     });
     if step > cover {
         charge_rental(tx, account, rental, cover, note, now)?;

@@ -366,8 +366,8 @@ pub fn unreachable_msg(base: &str) -> String {
 pub fn failure_msg(status: StatusCode, body: &[u8], auth: Auth) -> String {
     if status == StatusCode::UNAUTHORIZED {
         return match auth {
-            Auth::User => "the API key was refused: set SPOTD_API_KEY".into(),
-            Auth::Admin => "the admin token was refused: set SPOTD_ADMIN_TOKEN".into(),
+            Auth::User => "the API key was refused (revoked, or another daemon's): it is read from SPOTD_API_KEY, else from DATA_DIR/demo.key".into(),
+            Auth::Admin => "the admin token was refused (another daemon's?): it is read from SPOTD_ADMIN_TOKEN, else from DATA_DIR/admin.token".into(),
         };
     }
     let message = serde_json::from_slice::<Value>(body)

@@ -182,11 +182,11 @@ fn admin_commands_parse_money_exactly() {
 fn failures_read_like_advice() {
     assert_eq!(
         failure_msg(StatusCode::UNAUTHORIZED, b"{}", Auth::User),
-        "the API key was refused: set SPOTD_API_KEY"
+        "the API key was refused (revoked, or another daemon's): it is read from SPOTD_API_KEY, else from DATA_DIR/demo.key"
     );
     assert_eq!(
         failure_msg(StatusCode::UNAUTHORIZED, b"", Auth::Admin),
-        "the admin token was refused: set SPOTD_ADMIN_TOKEN"
+        "the admin token was refused (another daemon's?): it is read from SPOTD_ADMIN_TOKEN, else from DATA_DIR/admin.token"
     );
     let body = br#"{"error":{"message":"insufficient credit: need 4.2","type":"x","code":"y","param":null}}"#;
     assert_eq!(

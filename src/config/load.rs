@@ -33,6 +33,10 @@ const NON_CONFIG_VARS: &[&str] = &[
     "SPOTD_LOG",
     "SPOTD_LOG_FORMAT",
     "SPOTD_SANDBOX",
+    // The sandbox's stream pacing (tests and demos).
+    "SPOTD_SANDBOX_STREAM_DELAY_MS",
+    // Build time only (build.rs); `cargo run` passes it on to the process.
+    "SPOTD_GIT_COMMIT",
 ];
 
 /// Returns the config and human-readable warnings (unknown keys, unknown SPOTD_* variables).

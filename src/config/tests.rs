@@ -295,3 +295,27 @@ fn packaged_example_config_parses_without_warnings() {
         }
     }
 }
+
+/// `spotd config default --install` (the .deb's conffile and the README's manual
+/// install): it loads without warnings, configures no provider, upstream or model (so
+/// a fresh install runs the sandbox), and still names every key.
+#[test]
+fn install_config_runs_the_sandbox_and_keeps_every_key() {
+    let text = crate::cli::install_config();
+    let f = file(&text);
+    let (cfg, w) = load(&with_file(&f), &[]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert!(cfg.providers.is_empty() && cfg.upstreams.is_empty() && cfg.models.is_empty());
+    assert!(cfg.sandbox_mode());
+    let table: toml::Table = text.parse().unwrap();
+    let defaults = toml::Value::try_from(Config::default()).unwrap();
+    for (k, v) in defaults.as_table().unwrap() {
+        if let toml::Value::Table(section) = v {
+            for sk in section.keys() {
+                assert!(table[k].get(sk).is_some(), "install config lacks {k}.{sk}");
+            }
+        }
+    }
+    // The example sections are still there to uncomment.
+    assert!(text.contains("# [[providers]]") && text.contains("# kind = \"vastai\""));
+}

@@ -469,11 +469,9 @@ mod tests {
             at("garbage").get_instance("x").await,
             Err(ProviderError::Unavailable(_))
         ));
-        // A price with more than 6 decimals is refused, not rounded.
-        assert!(matches!(
-            at("money").list_offers().await,
-            Err(ProviderError::Unavailable(_))
-        ));
+        // A price with more than 6 decimals is rounded up to the micro-dollar.
+        let money = at("money").list_offers().await.unwrap();
+        assert_eq!(money[0].price_per_hour.micros(), 123_457);
         assert!(
             matches!(at("slow").list_offers().await, Err(ProviderError::Unavailable(m)) if m.contains("timed out"))
         );
