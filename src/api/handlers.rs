@@ -38,7 +38,8 @@ fn not_found(ctx: &Ctx) -> Error {
     ))
 }
 
-/// Query string pairs, percent-decoded (`+` is a space).
+/// Query string pairs, percent-decoded (`+` is a space). A parameter with an empty
+/// value (`?limit=`, as a form leaves it) is as if absent, on every route.
 pub fn query_pairs(q: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for part in q.split('&').filter(|p| !p.is_empty()) {
@@ -47,7 +48,10 @@ pub fn query_pairs(q: &str) -> Result<Vec<(String, String)>> {
             super::router::percent_decode(&s.replace('+', " "))
                 .ok_or_else(|| Error::bad("the query string is not valid percent-encoded UTF-8"))
         };
-        out.push((dec(k)?, dec(v)?));
+        let (k, v) = (dec(k)?, dec(v)?);
+        if !v.is_empty() {
+            out.push((k, v));
+        }
     }
     Ok(out)
 }
@@ -82,13 +86,14 @@ pub async fn inference(
                     .map(|v| super::router::json_response(StatusCode::OK, &v)),
             )
         }
-        (&Method::GET, ["models", id]) => {
+        (&Method::GET, ["models", id @ ..]) if !id.is_empty() => {
+            let id = id.join("/");
             return Some(
                 app.inference
-                    .get_model(&account.id, id)
+                    .get_model(&account.id, &id)
                     .await
                     .map(|v| super::router::json_response(StatusCode::OK, &v)),
-            )
+            );
         }
         _ => return None,
     };

@@ -153,7 +153,17 @@ pub const ROUTES: &[Route] = &[
 /// Label for a request that matches no route (bounded: one label for all of them).
 pub const UNMATCHED: &str = "unmatched";
 
+/// Routes whose last parameter takes the rest of the path: model ids like
+/// `meta-llama/Llama-3.1-8B-Instruct` contain a slash, and the OpenAI SDKs put the id
+/// in the path as it is (`/v1/models/meta-llama/Llama-3.1-8B-Instruct`).
+const GREEDY_LAST: &[&str] = &["/v1/models/{id}"];
+
 fn matches(template: &str, segs: &[String]) -> bool {
+    if GREEDY_LAST.contains(&template) {
+        let t: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+        let fixed = t.len() - 1;
+        return segs.len() > fixed && t[..fixed].iter().zip(segs).all(|(p, s)| p == s);
+    }
     let mut t = template.split('/').filter(|s| !s.is_empty());
     let mut n = 0;
     for s in segs {

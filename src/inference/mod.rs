@@ -290,7 +290,8 @@ impl Inference {
         for (id, m) in &self.catalog.models {
             data.push(self.model_view(id, m, deps.get(id).cloned()).await);
         }
-        Ok(json!({"object": "list", "data": data}))
+        // The whole catalogue in one page: the list shape of every other list.
+        Ok(json!({"object": "list", "data": data, "next_cursor": null}))
     }
 
     pub async fn get_model(&self, account: &str, id: &str) -> Result<Value> {

@@ -33,9 +33,14 @@ pub enum Kind {
 
 /// OpenAI's error shape.
 pub fn error(status: StatusCode, kind: &str, message: &str) -> Reply {
+    coded_error(status, kind, None, message)
+}
+
+/// OpenAI's error shape with a machine-readable `code`.
+fn coded_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Reply {
     Reply::json(
         status,
-        &json!({"error": {"message": message, "type": kind, "code": null, "param": null}}),
+        &json!({"error": {"message": message, "type": kind, "code": code, "param": null}}),
     )
 }
 
@@ -117,10 +122,13 @@ fn open_request(body: &[u8], serves: &dyn Fn(&str) -> bool) -> Result<(Value, St
         ));
     }
     if !serves(&model) {
-        return Err(error(
+        // As OpenAI answers it: the model is unknown here, or not one for this
+        // endpoint (a chat model asked for embeddings).
+        return Err(coded_error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
-            &format!("The model '{model}' does not exist here."),
+            Some("model_not_found"),
+            &format!("The model '{model}' does not exist here or does not serve this endpoint."),
         ));
     }
     Ok((req, model))

@@ -516,3 +516,46 @@ async fn a_deployment_follows_its_new_address_after_a_restart() {
         .count();
     assert_eq!(deployments, 1, "the same deployment, not a new one");
 }
+
+/// Model ids with a slash work in the path as the OpenAI SDKs send them (unencoded);
+/// the model list has the list shape of every other list; an empty query value is as
+/// if absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_ids_with_a_slash_and_empty_query_values() {
+    let d = Daemon::start("");
+    let key = d.demo_key.clone();
+    let r = d.get(&format!("/v1/models/{COLD}"), &key).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["id"], COLD);
+    let enc = d
+        .get("/v1/models/meta-llama%2FLlama-3.1-8B-Instruct", &key)
+        .await;
+    assert_eq!(enc.body["id"], COLD);
+    let r = d.get("/v1/models/no-such/model", &key).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(r.err_code(), "model_not_found");
+    let list = d.get("/v1/models", &key).await;
+    assert!(
+        list.body.get("next_cursor").is_some_and(Value::is_null),
+        "{}",
+        list.body
+    );
+    for path in [
+        "/v1/credits/ledger?limit=",
+        "/v1/gpus/rentals?limit=&cursor=",
+    ] {
+        let r = d.get(path, &key).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+    }
+    assert_eq!(d.get("/v1/credits/ledger?limit=0", &key).await.status, 400);
+    // A chat model asked for embeddings: the hosted upstream's 404 says why, with a code.
+    let r = d
+        .post(
+            "/v1/embeddings",
+            &key,
+            json!({"model": "gpt-4o-mini", "input": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(r.err_code(), "model_not_found");
+}
