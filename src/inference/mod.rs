@@ -310,30 +310,37 @@ impl Inference {
                     "output_usd_per_mtok": h.output_per_mtok.to_json()},
             }),
             Model::Cold(c) => {
-                let (availability, eta) = match self.status_of(dep).await {
-                    Status::Ready(_) => ("instant", None),
-                    Status::Deploying(r) => ("deploying", Some(self.eta(&r))),
-                    Status::Cold => ("cold", None),
+                let (availability, eta, rented) = match self.status_of(dep).await {
+                    Status::Ready(r) => ("instant", None, Some(r)),
+                    Status::Deploying(r) => ("deploying", Some(self.eta(&r)), Some(r)),
+                    Status::Cold => ("cold", None, None),
                 };
-                let cheapest = self
-                    .market
-                    .cheapest(
-                        &OfferFilter {
-                            min_total_vram_gb: Some(c.min_vram_gb),
-                            ..OfferFilter::default()
-                        },
-                        1,
-                    )
-                    .into_iter()
-                    .next();
+                // The machine the caller pays for: its deployment's, at the locked price,
+                // else the one a cold start would rent now.
+                let machine = match rented {
+                    Some(r) => Some((r.price_per_hour, r.offer.gpu_count, r.offer.gpu)),
+                    None => self
+                        .market
+                        .cheapest(
+                            &OfferFilter {
+                                min_total_vram_gb: Some(c.min_vram_gb),
+                                exclude_providers: self.rentals.providers_without_model_servers(),
+                                ..OfferFilter::default()
+                            },
+                            1,
+                        )
+                        .into_iter()
+                        .next()
+                        .map(|o| (o.price_per_hour, o.gpu_count, o.gpu.clone())),
+                };
                 json!({
                     "id": id, "object": "model", "created": 0, "owned_by": "spotd",
                     "availability": availability,
                     "estimated_deploy_seconds": eta.or(Some(self.cfg.estimated_deploy_seconds)).filter(|_| availability != "instant"),
                     "min_vram_gb": c.min_vram_gb,
                     "pricing": {"type": "gpu_time",
-                        "gpu_usd_per_hour": cheapest.as_ref().map(|o| o.price_per_hour.to_json()),
-                        "gpu": cheapest.as_ref().map(|o| format!("{} x {}", o.gpu_count, o.gpu))},
+                        "usd_per_hour": machine.as_ref().map(|m| m.0.to_json()),
+                        "gpu": machine.as_ref().map(|m| format!("{} x {}", m.1, m.2))},
                 })
             }
         }

@@ -105,6 +105,17 @@ impl Rentals {
         }
     }
 
+    /// The configured providers a cold model cannot deploy on (see
+    /// [`Provider::serves_models`]).
+    pub fn providers_without_model_servers(&self) -> Vec<String> {
+        self.registry
+            .all()
+            .into_iter()
+            .filter(|(_, p)| !p.serves_models())
+            .map(|(c, _)| c.name)
+            .collect()
+    }
+
     fn provider(&self, name: &str) -> Result<Arc<dyn Provider>> {
         self.registry
             .get(name)
@@ -217,13 +228,8 @@ impl Rentals {
                 }
                 if req.model.is_some() {
                     // A deployment needs a provider that runs its model server.
-                    f.exclude_providers.extend(
-                        self.registry
-                            .all()
-                            .into_iter()
-                            .filter(|(_, p)| !p.serves_models())
-                            .map(|(c, _)| c.name),
-                    );
+                    f.exclude_providers
+                        .extend(self.providers_without_model_servers());
                 }
                 let v = self.market.cheapest(&f, MAX_CANDIDATES);
                 if v.is_empty() {

@@ -251,9 +251,22 @@ async fn cold_start_then_ready_then_reaped_then_cold_again() {
     let (_, held, _) = d.assert_books_balance(&key).await;
     assert!(held > Usd::ZERO, "the cold start placed a hold");
 
-    // While deploying, /v1/models says so with an ETA.
+    // While deploying, /v1/models says so with an ETA, and prices the machine the
+    // caller pays for: its deployment's, at the locked price.
     let list = models(&d, &key).await;
     let m = list.iter().find(|m| m["id"] == COLD).unwrap();
+    assert_eq!(
+        m["pricing"]["usd_per_hour"], deps[0]["price_per_hour"],
+        "{m}"
+    );
+    assert_eq!(
+        m["pricing"]["gpu"],
+        format!(
+            "{} x {}",
+            deps[0]["offer"]["gpu_count"],
+            deps[0]["offer"]["gpu"].as_str().unwrap()
+        )
+    );
     if m["availability"] == "deploying" {
         assert!(m["estimated_deploy_seconds"].as_u64().is_some());
     }
