@@ -426,7 +426,10 @@ pub async fn rent(a: RentArgs, env: &[(String, String)]) -> Result<(), String> {
     if !c.json {
         print!("{}", table::rentals_table(std::slice::from_ref(&v)));
         if let Some(h) = v.get("hold") {
-            println!("held for the first session: ${}", table::usd(h));
+            println!(
+                "held: ${} (the first min_session_seconds of use; unused hold is released at the end)",
+                table::usd(h)
+            );
         }
     }
     Ok(())

@@ -159,6 +159,7 @@ pub fn rentals_table(items: &[Value]) -> String {
         ("PROVIDER", L),
         ("$/H", R),
         ("COST", R),
+        ("MODEL", L),
         ("CREATED", L),
     ]);
     let null = Value::Null;
@@ -171,6 +172,11 @@ pub fn rentals_table(items: &[Value]) -> String {
             text(f("provider")),
             usd(f("price_per_hour")),
             usd(f("cost")),
+            // A cold model's deployment, or "-" for a plain rental.
+            match f("model") {
+                Value::Null => "-".into(),
+                v => text(v),
+            },
             text(f("created_at")),
         ]);
     }

@@ -30,8 +30,9 @@ pub struct ProviderStatus {
     pub name: String,
     /// "vastai" | "runpod" | "lambda" | "http".
     pub kind: String,
-    /// The provider's API address (`base_url` from the config; the loopback address of
-    /// the in-process sandbox cloud in sandbox mode), or null for a kind's default.
+    /// The provider's API address: `base_url` from the config, the kind's public API
+    /// when it has none, the loopback address of the in-process sandbox cloud in
+    /// sandbox mode.
     pub base_url: Option<String>,
     /// "pending" (no refresh attempted yet), "ok" (last refresh succeeded), "stale"
     /// (last refresh failed; its last offers are still shown) or "failing" (failing for
@@ -288,7 +289,15 @@ impl Registry {
                 ProviderStatus {
                     name: e.config.name.clone(),
                     kind: kind_str(e.config.kind).to_string(),
-                    base_url: e.config.base_url.clone(),
+                    base_url: e.config.base_url.clone().or_else(|| {
+                        match e.config.kind {
+                            ProviderKind::Vastai => Some(super::vastai::DEFAULT_BASE_URL),
+                            ProviderKind::Runpod => Some(super::runpod::DEFAULT_BASE_URL),
+                            ProviderKind::Lambda => Some(super::lambda::DEFAULT_BASE_URL),
+                            ProviderKind::Http => None,
+                        }
+                        .map(str::to_string)
+                    }),
                     status,
                     offers: s.offers,
                     last_refresh_at: s.last_success,
@@ -404,6 +413,16 @@ mod tests {
         ];
         let r = Registry::with_env(&real, client(), env).unwrap();
         assert_eq!(r.names(), vec!["v", "r", "l"]);
+        // The status shows the address actually called: the default, or the config's.
+        let bases: Vec<Option<String>> = r.statuses().into_iter().map(|s| s.base_url).collect();
+        assert_eq!(
+            bases,
+            vec![
+                Some("https://console.vast.ai/api/v0".to_string()),
+                Some("https://example.test/v2".to_string()),
+                Some("https://cloud.lambda.ai/api/v1".to_string()),
+            ]
+        );
 
         for (bad, words) in [
             (

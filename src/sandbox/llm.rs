@@ -182,9 +182,13 @@ pub fn complete(
     } else {
         "cmpl"
     };
+    // Unique per answer, as OpenAI's are: the body's hash and this process's count.
+    static ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let hash = str_key(&String::from_utf8_lossy(body));
     Ok(Answer {
         kind,
-        id: format!("{prefix}-{:016x}", str_key(&String::from_utf8_lossy(body))),
+        id: format!("{prefix}-{:08x}{seq:08x}", hash >> 32),
         created: now_secs,
         out: full[..cut].iter().map(|w| w.to_string()).collect(),
         finish: if cut < full.len() { "length" } else { "stop" },
@@ -424,6 +428,15 @@ mod tests {
         assert!(ev.iter().all(|e| e.data.get("usage").is_none()));
         assert_eq!(ev[0].data["object"], "text_completion");
         assert_eq!(ev[ev.len() - 1].data["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn answer_ids_are_unique_even_for_the_same_prompt() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let a = call(Kind::Chat, body.clone()).unwrap();
+        let b = call(Kind::Chat, body).unwrap();
+        assert!(a.id.starts_with("chatcmpl-") && b.id.starts_with("chatcmpl-"));
+        assert_ne!(a.id, b.id);
     }
 
     #[test]
