@@ -331,7 +331,7 @@ impl Inference {
                         )
                         .into_iter()
                         .next()
-                        .map(|o| (o.price_per_hour, o.gpu_count, o.gpu.clone())),
+                        .map(|o| (o.price_per_hour, o.gpu_count, o.gpu)),
                 };
                 json!({
                     "id": id, "object": "model", "created": 0, "owned_by": "spotd",
