@@ -227,25 +227,7 @@ async fn embeddings_have_openai_shape_and_are_deterministic() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // A model instance embeds with its one model, the same vectors.
-    let o = fixture_offer("nimbus");
-    let req = CreateInstance {
-        offer_id: o,
-        label: "rnt_e".into(),
-        model: Some("my/model".into()),
-        ..Default::default()
-    };
-    let i: Instance = c
-        .post_json(
-            &format!("{}/instances", h.cloud_base_url("nimbus")),
-            None,
-            &req,
-        )
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
-    clock.advance(120_000);
-    let ep = format!("{}/instances/{}/v1", h.cloud_base_url("nimbus"), i.id);
+    let ep = model_instance(&h, &clock, "nimbus", &[]).await;
     let mine: Value = c
         .post_json(
             &format!("{ep}/embeddings"),
@@ -277,32 +259,14 @@ async fn a_model_server_answers_only_its_deployment_key() {
     let dir = tempfile::tempdir().unwrap();
     let (h, clock) = boot(dir.path()).await;
     let c = client();
-    let mut req = CreateInstance {
-        offer_id: fixture_offer("strato"),
-        label: "rnt_k".into(),
-        model: Some("my/model".into()),
-        ..Default::default()
-    };
-    req.env.insert(
-        crate::inference::DEPLOYMENT_KEY_ENV.into(),
-        "dep-key-1".into(),
-    );
-    let i: Instance = c
-        .post_json(
-            &format!("{}/instances", h.cloud_base_url("strato")),
-            None,
-            &req,
-        )
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
-    clock.advance(120_000);
-    let models = format!(
-        "{}/instances/{}/v1/models",
-        h.cloud_base_url("strato"),
-        i.id
-    );
+    let ep = model_instance(
+        &h,
+        &clock,
+        "strato",
+        &[(crate::inference::DEPLOYMENT_KEY_ENV, "dep-key-1")],
+    )
+    .await;
+    let models = format!("{ep}/models");
     for (key, want) in [
         (None, StatusCode::UNAUTHORIZED),
         (Some("wrong"), StatusCode::UNAUTHORIZED),
@@ -311,17 +275,45 @@ async fn a_model_server_answers_only_its_deployment_key() {
         let r = c.get(&models, key).await.unwrap();
         assert_eq!(r.status, want, "key {key:?}");
     }
-    let chat = format!(
-        "{}/instances/{}/v1/chat/completions",
-        h.cloud_base_url("strato"),
-        i.id
-    );
+    let chat = format!("{ep}/chat/completions");
     let body = json!({"model": "my/model", "messages": [{"role": "user", "content": "hi"}]});
     let r = c.post_json(&chat, None, &body).await.unwrap();
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = c.post_json(&chat, Some("dep-key-1"), &body).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     h.shutdown().await;
+}
+
+/// Creates a `my/model` instance on `cloud` with `env`, moves the clock past its
+/// loading, and answers its OpenAI base URL.
+async fn model_instance(
+    h: &SandboxHandle,
+    clock: &Clock,
+    cloud: &str,
+    env: &[(&str, &str)],
+) -> String {
+    let req = CreateInstance {
+        offer_id: fixture_offer(cloud),
+        label: format!("rnt_{cloud}"),
+        model: Some("my/model".into()),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let i: Instance = client()
+        .post_json(
+            &format!("{}/instances", h.cloud_base_url(cloud)),
+            None,
+            &req,
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    clock.advance(120_000);
+    format!("{}/instances/{}/v1", h.cloud_base_url(cloud), i.id)
 }
 
 /// An offer of `cloud` with a GPU big enough for any test model.

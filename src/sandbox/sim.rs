@@ -44,18 +44,19 @@ pub struct InstanceRecord {
 /// The record as first stored (no `api_key`). bincode is not self-describing, so an
 /// older record fails to decode as [`InstanceRecord`] and is read as this instead.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct InstanceRecordV0 {
-    cloud: String,
-    id: String,
-    seq: u64,
-    offer_id: String,
-    label: String,
-    image: Option<String>,
-    model: Option<String>,
-    created_at: Millis,
-    ready_at: Millis,
-    preempt_at: Option<Millis>,
-    deleted_at: Option<Millis>,
+    pub(crate) cloud: String,
+    pub(crate) id: String,
+    pub(crate) seq: u64,
+    pub(crate) offer_id: String,
+    pub(crate) label: String,
+    pub(crate) image: Option<String>,
+    pub(crate) model: Option<String>,
+    pub(crate) created_at: Millis,
+    pub(crate) ready_at: Millis,
+    pub(crate) preempt_at: Option<Millis>,
+    pub(crate) deleted_at: Option<Millis>,
 }
 
 impl From<InstanceRecordV0> for InstanceRecord {

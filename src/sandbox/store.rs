@@ -114,20 +114,6 @@ mod tests {
     /// A record written before `api_key` existed still loads (no key).
     #[test]
     fn records_of_the_first_format_still_load() {
-        #[derive(serde::Serialize)]
-        struct V0 {
-            cloud: String,
-            id: String,
-            seq: u64,
-            offer_id: String,
-            label: String,
-            image: Option<String>,
-            model: Option<String>,
-            created_at: i64,
-            ready_at: i64,
-            preempt_at: Option<i64>,
-            deleted_at: Option<i64>,
-        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("clouds.redb");
         {
@@ -135,7 +121,7 @@ mod tests {
             let w = db.begin_write().unwrap();
             {
                 let mut t = w.open_table(INSTANCES).unwrap();
-                let old = V0 {
+                let old = InstanceRecordV0 {
                     cloud: "nimbus".into(),
                     id: "nimbus-000007".into(),
                     seq: 7,
