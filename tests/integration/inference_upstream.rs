@@ -182,7 +182,7 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
     let r = post("silent-model", false).await;
     assert_eq!(r.status, 504, "{:?}", r.body);
     assert!(
-        t0.elapsed() < Duration::from_secs(8),
+        t0.elapsed() < Duration::from_secs(15),
         "a silent upstream must not hang the caller"
     );
     let r = post("five-model", false).await;
@@ -211,7 +211,7 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
         r.is_err() || r.as_ref().is_ok_and(|r| r.status == 200),
         "{r:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let charge = loop {
         let c: Vec<_> = d
             .ledger(&key)
