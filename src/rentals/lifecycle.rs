@@ -8,7 +8,7 @@ use crate::clock::Millis;
 use crate::error::{Error, Result};
 use crate::ledger::{self, Metered};
 use crate::model::{Account, Rental, RentalState, TerminationReason};
-use crate::providers::Instance;
+use crate::providers::{Instance, InstanceState};
 use crate::store::Tx;
 
 /// Moves `r` to `next`, or answers 409 for a transition the state machine forbids.
@@ -77,6 +77,35 @@ pub fn begin_teardown(
     r.next_attempt_at = now;
     r.attempts = 0;
     finish_billing(tx, account, r, now, now)
+}
+
+/// The provider confirmed the instance is gone, reporting it as `inst` when it said
+/// more than "not found". A teardown bills up to the moment it was asked for; when the
+/// provider says the instance had already ended before that (a preemption spotd had
+/// not noticed yet, or a crash of the daemon in between), the bill is cut back to that
+/// moment (a refund step) and a preemption is recorded as the reason: no rental is
+/// billed for a GPU that no longer existed.
+pub fn confirm_gone(
+    tx: &Tx<'_>,
+    account: &mut Account,
+    r: &mut Rental,
+    inst: Option<&Instance>,
+    now: Millis,
+) -> Result<()> {
+    let reported = inst
+        .and_then(|i| i.ended_at.as_deref())
+        .and_then(crate::clock::parse_rfc3339);
+    if let (Some(end), Some(billed), Some(started)) = (reported, r.ended_at, r.started_at) {
+        let end = end.max(started);
+        if end < billed {
+            r.ended_at = Some(end);
+            let _: Metered = ledger::meter(tx, account, r, end, None, now)?;
+            if inst.is_some_and(|i| i.state == InstanceState::Interrupted) {
+                r.termination_reason = Some(TerminationReason::Preempted);
+            }
+        }
+    }
+    confirm_terminated(r, now)
 }
 
 /// The provider confirmed the instance is gone.

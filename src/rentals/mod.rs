@@ -529,14 +529,17 @@ impl Rentals {
             Ok(Some(i)) => i.state.is_gone(),
             Err(_) => false,
         };
-        let err = outcome.err().map(|e| e.to_string());
+        let (gone, err) = match outcome {
+            Ok(i) => (i, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let res = self
-            .update(&r.id, None, move |_tx, _a, r, now| {
+            .update(&r.id, None, move |tx, a, r, now| {
                 if r.state != RentalState::Terminating {
                     return Ok(());
                 }
                 if confirmed {
-                    lifecycle::confirm_terminated(r, now)
+                    lifecycle::confirm_gone(tx, a, r, gone.as_ref(), now)
                 } else {
                     r.attempts += 1;
                     r.next_attempt_at = now + backoff_ms(r.attempts);

@@ -40,7 +40,8 @@ enum Step {
     Interrupt(TerminationReason, Millis, bool),
     Teardown(TerminationReason),
     Terminate,
-    Confirmed,
+    /// The instance is gone; the provider's last word on it, when it gave one.
+    Confirmed(Option<Instance>),
     /// The listing did not show the instance: ask for it by id before acting (listings
     /// can lag), and take the inner step only if it is really gone.
     Vanished(Box<Step>),
@@ -189,10 +190,10 @@ fn decide(rs: &Rentals, r: &Rental, inst: Option<&Instance>, now: Millis) -> Ste
             ))),
         },
         RentalState::Terminating => match inst {
-            None if r.instance_id.is_some() => Step::Confirmed,
-            None if now >= r.created_at + rs.cfg.create_grace_ms => Step::Confirmed,
+            None if r.instance_id.is_some() => Step::Confirmed(None),
+            None if now >= r.created_at + rs.cfg.create_grace_ms => Step::Confirmed(None),
             None => Step::Nothing,
-            Some(i) if i.state.is_gone() => Step::Confirmed,
+            Some(i) if i.state.is_gone() => Step::Confirmed(Some(i.clone())),
             Some(i) if r.instance_id.is_none() => Step::Adopt(i.clone()),
             Some(_) if now >= r.next_attempt_at => Step::Terminate,
             Some(_) => Step::Nothing,
@@ -221,7 +222,10 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
     let provider = r.provider.clone();
     // These end the rental's hold on a machine: the market should show it free again
     // now, not at the provider's next scheduled refresh.
-    let frees = matches!(step, Step::Confirmed | Step::Fail(..) | Step::Interrupt(..));
+    let frees = matches!(
+        step,
+        Step::Confirmed(_) | Step::Fail(..) | Step::Interrupt(..)
+    );
     let res = match step {
         Step::Nothing | Step::Vanished(_) => return false,
         Step::Seen => rs
@@ -312,10 +316,10 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
             rs.try_terminate(r).await;
             Ok(())
         }
-        Step::Confirmed => rs
-            .update(&id, None, |_tx, _a, r, now| {
+        Step::Confirmed(i) => rs
+            .update(&id, None, move |tx, a, r, now| {
                 if r.state == RentalState::Terminating {
-                    lifecycle::confirm_terminated(r, now)?;
+                    lifecycle::confirm_gone(tx, a, r, i.as_ref(), now)?;
                 }
                 Ok(())
             })

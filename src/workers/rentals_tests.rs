@@ -473,6 +473,46 @@ async fn preemption_bills_up_to_the_provider_end_and_refunds_the_rest() {
     assert_eq!(h.fake.terminated(), vec![iid]);
 }
 
+/// The GPU was preempted (at 30 s) but spotd had not noticed when the user asked for
+/// teardown (at 50 s, say after a restart): the teardown bills to 50 s, then the
+/// provider's answer says the instance ended at 30 s, so the bill is cut back to it.
+/// Both ways the provider can say so: the teardown call itself, or the next sync.
+#[tokio::test]
+async fn a_teardown_of_an_unnoticed_preemption_bills_only_to_the_preemption() {
+    for via_sync in [false, true] {
+        let h = harness(CREDIT).await;
+        let r = h.running().await;
+        let started = r.started_at.unwrap();
+        let iid = r.instance_id.clone().unwrap();
+        h.fake
+            .set_state(&iid, InstanceState::Interrupted, Some(started + 30_000));
+        if via_sync {
+            // The teardown call answers "terminating"; the sync round finds it ended.
+            h.fake.lingering_terminates.store(1, Ordering::SeqCst);
+        }
+        h.clock.advance(50_000);
+        let t =
+            h.rs.teardown(Some(&h.account), &r.id, TerminationReason::User)
+                .await
+                .unwrap();
+        if via_sync {
+            assert_eq!(t.state, RentalState::Terminating);
+            // The next listing reports the instance as it really ended.
+            h.fake
+                .set_state(&iid, InstanceState::Interrupted, Some(started + 30_000));
+            sync_once(&h.rs).await;
+        }
+        let r = h.rental(&r.id).await;
+        assert_eq!(r.state, RentalState::Terminated, "via sync: {via_sync}");
+        assert_eq!(r.termination_reason, Some(TerminationReason::Preempted));
+        assert_eq!(r.ended_at, Some(started + 30_000));
+        assert_eq!(r.cost, prorate(PRICE, 30));
+        let a = h.books().await;
+        assert_eq!(a.balance, CREDIT - prorate(PRICE, 30));
+        assert_eq!(a.held, Usd::ZERO);
+    }
+}
+
 #[tokio::test]
 async fn a_create_lost_in_transit_is_adopted_not_repeated() {
     let h = harness(CREDIT).await;
