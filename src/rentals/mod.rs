@@ -72,6 +72,9 @@ pub struct Rentals {
     pub(crate) cfg: RentalsConfig,
     /// Told about every deployment (rental with `model`) that was preempted.
     preempted: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Rental>>>,
+    /// When this process started renting: a provisioning intent last written before
+    /// it has no create call in flight any more.
+    boot_at: Millis,
 }
 
 impl Rentals {
@@ -83,6 +86,7 @@ impl Rentals {
         cfg: RentalsConfig,
     ) -> Rentals {
         Rentals {
+            boot_at: clock.now(),
             store,
             market,
             registry,
@@ -254,7 +258,30 @@ impl Rentals {
             if let Ok(r) = self.get(Some(account_id), &id).await {
                 let failed = r.state == RentalState::Failed;
                 let stale = self.clock.now() - r.created_at >= IDEMPOTENCY_WINDOW_MS;
-                if !failed && !stale {
+                // The attempt that wrote this intent died with an earlier process
+                // before the provider answered: nothing will ever create its instance
+                // (one created late is an orphan the sweep destroys). It fails now, for
+                // nothing, and the retry rents anew instead of answering a rental that
+                // would only fail after the create grace.
+                let abandoned = r.state == RentalState::Provisioning
+                    && r.instance_id.is_none()
+                    && r.updated_at < self.boot_at;
+                if abandoned {
+                    self.update(&r.id, None, |tx, a, r, now| {
+                        if r.state != RentalState::Provisioning || r.instance_id.is_some() {
+                            return Ok(());
+                        }
+                        lifecycle::fail(
+                            tx,
+                            a,
+                            r,
+                            TerminationReason::ProviderError,
+                            Some("spotd stopped before the provider answered; retried as a new rental".into()),
+                            now,
+                        )
+                    })
+                    .await?;
+                } else if !failed && !stale {
                     return Ok(r);
                 }
                 req.id = None;

@@ -36,6 +36,8 @@ enum CreateMode {
     NoCapacity,
     /// The instance is made, but the answer is lost (a 5xx after the fact).
     UnavailableButCreated,
+    /// Never answers (the daemon is killed while it waits).
+    Hang,
 }
 
 /// An in-memory cloud. Instances stay listed after termination (state `terminated`),
@@ -125,6 +127,7 @@ impl Provider for FakeProvider {
                 self.push(&req.label, InstanceState::Provisioning);
                 Err(ProviderError::Unavailable("502 after the fact".into()))
             }
+            Some(CreateMode::Hang) => std::future::pending().await,
             None => Ok(self.push(&req.label, InstanceState::Provisioning)),
         }
     }
@@ -511,6 +514,76 @@ async fn a_teardown_of_an_unnoticed_preemption_bills_only_to_the_preemption() {
         assert_eq!(a.balance, CREDIT - prorate(PRICE, 30));
         assert_eq!(a.held, Usd::ZERO);
     }
+}
+
+/// kill -9 while the provider's create call is in flight: the intent (and its hold)
+/// is stored, the instance never made. After a restart, the client's retry with the
+/// same Idempotency-Key (the same stable rental id) fails that intent for nothing and
+/// rents anew, instead of answering a rental nothing will ever create.
+#[tokio::test]
+async fn a_retry_after_a_crash_mid_create_rents_anew() {
+    let h = harness(CREDIT).await;
+    h.fake
+        .next_create
+        .lock()
+        .unwrap()
+        .push_back(CreateMode::Hang);
+    let req = || RentRequest {
+        id: Some("rnt_stable0000000001".into()),
+        ..rent_o1()
+    };
+    let (rs, account) = (h.rs.clone(), h.account.clone());
+    let first = tokio::spawn(async move { rs.rent(&account, req()).await });
+    let intent = loop {
+        let id = h.account.clone();
+        let v = h
+            .store
+            .read(move |rx| rx.account_rentals(&id))
+            .await
+            .unwrap();
+        if let Some(r) = v.into_iter().next() {
+            break r;
+        }
+        tokio::task::yield_now().await;
+    };
+    // Give the attempt time to reach the provider, then "kill" the process.
+    while h.fake.creates.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    first.abort();
+    assert_eq!(intent.id, "rnt_stable0000000001");
+
+    // The restart: a new Rentals on the same store, a second later.
+    h.clock.advance(1_000);
+    let rs = Rentals::new(
+        h.store.clone(),
+        h.rs.market.clone(),
+        h.rs.registry.clone(),
+        h.clock.clone(),
+        h.rs.cfg.clone(),
+    );
+    let retry = rs.rent(&h.account, req()).await.unwrap();
+    assert_ne!(retry.id, intent.id, "a new rental");
+    assert!(retry.instance_id.is_some(), "created this time: {retry:?}");
+    assert_eq!(h.fake.creates.load(Ordering::SeqCst), 2);
+    let old = rs.get(None, &intent.id).await.unwrap();
+    assert_eq!(old.state, RentalState::Failed);
+    assert_eq!(old.cost, Usd::ZERO);
+    assert!(!old.hold_open, "its hold released");
+    // A retry in the same process that finds the new rental answers it.
+    let again = rs
+        .rent(
+            &h.account,
+            RentRequest {
+                id: Some(retry.id.clone()),
+                ..rent_o1()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.id, retry.id);
+    assert_eq!(h.fake.creates.load(Ordering::SeqCst), 2);
+    h.books().await;
 }
 
 #[tokio::test]
