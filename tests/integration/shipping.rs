@@ -16,9 +16,34 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_spotd");
 
+/// A spawned daemon, killed when dropped: a failing assertion must not leave it running.
+struct Spawned(Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Spawns `spotd serve` in sandbox mode on `dir` with extra environment; returns the
 /// child (stderr to `dir/daemon.log`) and its base URL.
-fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Child, String) {
+fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Spawned, String) {
     std::fs::write(dir.join("test.toml"), FAST).unwrap();
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
     let mut cmd = Command::new(BIN);
@@ -41,7 +66,7 @@ fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Child, String) {
         }
     }
     cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = Spawned(cmd.spawn().unwrap());
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
