@@ -267,19 +267,13 @@ impl Rentals {
                     && r.instance_id.is_none()
                     && r.updated_at < self.boot_at;
                 if abandoned {
-                    self.update(&r.id, None, |tx, a, r, now| {
-                        if r.state != RentalState::Provisioning || r.instance_id.is_some() {
-                            return Ok(());
-                        }
-                        lifecycle::fail(
-                            tx,
-                            a,
-                            r,
-                            TerminationReason::ProviderError,
-                            Some("spotd stopped before the provider answered; retried as a new rental".into()),
-                            now,
-                        )
-                    })
+                    self.fail_provisioning(
+                        &r.id,
+                        TerminationReason::ProviderError,
+                        "spotd stopped before the provider answered; retried as a new rental"
+                            .into(),
+                        true,
+                    )
                     .await?;
                 } else if !failed && !stale {
                     return Ok(r);
@@ -378,16 +372,33 @@ impl Rentals {
                 TerminationReason::ProviderError,
             ),
         };
-        let msg = last_err.to_string();
-        self.update(&rental.id, None, move |tx, a, r, now| {
-            // A DELETE during the attempts already ended it.
-            if r.state != RentalState::Provisioning {
-                return Ok(());
-            }
-            lifecycle::fail(tx, a, r, reason, Some(msg), now)
-        })
-        .await?;
+        // A DELETE during the attempts may already have ended it.
+        self.fail_provisioning(&rental.id, reason, last_err.to_string(), false)
+            .await?;
         Err(status)
+    }
+
+    /// Ends a rental that is still provisioning as `failed` (nothing charged, its hold
+    /// released). One that moved on meanwhile is left as it is: ended by a DELETE, or,
+    /// with `unless_adopted`, given an instance by an adoption.
+    pub(crate) async fn fail_provisioning(
+        &self,
+        id: &str,
+        reason: TerminationReason,
+        message: String,
+        unless_adopted: bool,
+    ) -> Result<Rental> {
+        let (r, ()) = self
+            .update(id, None, move |tx, a, r, now| {
+                if r.state != RentalState::Provisioning
+                    || (unless_adopted && r.instance_id.is_some())
+                {
+                    return Ok(());
+                }
+                lifecycle::fail(tx, a, r, reason, Some(message), now)
+            })
+            .await?;
+        Ok(r)
     }
 
     async fn create_intent(

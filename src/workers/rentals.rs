@@ -270,16 +270,9 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
             .await
             .map(|_| ()),
         Step::Fail(reason, msg) => {
-            let res = rs
-                .update(&id, None, move |tx, a, r, now| {
-                    if r.state != RentalState::Provisioning {
-                        return Ok(());
-                    }
-                    lifecycle::fail(tx, a, r, reason, Some(msg), now)
-                })
-                .await;
+            let res = rs.fail_provisioning(&id, reason, msg, false).await;
             // A failed rental's instance, if any, is swept: ask for it now.
-            if let (Ok((r, ())), Some(p)) = (&res, rs.registry.get(&r.provider)) {
+            if let (Ok(r), Some(p)) = (&res, rs.registry.get(&r.provider)) {
                 if let Some(iid) = &r.instance_id {
                     let _ = p.terminate(iid).await;
                 }

@@ -57,6 +57,16 @@ struct FakeProvider {
 }
 
 impl FakeProvider {
+    /// What the next `create_instance` answers.
+    fn next_create_is(&self, mode: CreateMode) {
+        self.next_create.lock().unwrap().push_back(mode);
+    }
+
+    /// How many `create_instance` calls it got.
+    fn creates(&self) -> usize {
+        self.creates.load(Ordering::SeqCst)
+    }
+
     fn now(&self) -> Millis {
         self.clock
             .lock()
@@ -523,11 +533,7 @@ async fn a_teardown_of_an_unnoticed_preemption_bills_only_to_the_preemption() {
 #[tokio::test]
 async fn a_retry_after_a_crash_mid_create_rents_anew() {
     let h = harness(CREDIT).await;
-    h.fake
-        .next_create
-        .lock()
-        .unwrap()
-        .push_back(CreateMode::Hang);
+    h.fake.next_create_is(CreateMode::Hang);
     let req = || RentRequest {
         id: Some("rnt_stable0000000001".into()),
         ..rent_o1()
@@ -547,7 +553,7 @@ async fn a_retry_after_a_crash_mid_create_rents_anew() {
         tokio::task::yield_now().await;
     };
     // Give the attempt time to reach the provider, then "kill" the process.
-    while h.fake.creates.load(Ordering::SeqCst) == 0 {
+    while h.fake.creates() == 0 {
         tokio::task::yield_now().await;
     }
     first.abort();
@@ -565,7 +571,7 @@ async fn a_retry_after_a_crash_mid_create_rents_anew() {
     let retry = rs.rent(&h.account, req()).await.unwrap();
     assert_ne!(retry.id, intent.id, "a new rental");
     assert!(retry.instance_id.is_some(), "created this time: {retry:?}");
-    assert_eq!(h.fake.creates.load(Ordering::SeqCst), 2);
+    assert_eq!(h.fake.creates(), 2);
     let old = rs.get(None, &intent.id).await.unwrap();
     assert_eq!(old.state, RentalState::Failed);
     assert_eq!(old.cost, Usd::ZERO);
@@ -582,20 +588,16 @@ async fn a_retry_after_a_crash_mid_create_rents_anew() {
         .await
         .unwrap();
     assert_eq!(again.id, retry.id);
-    assert_eq!(h.fake.creates.load(Ordering::SeqCst), 2);
+    assert_eq!(h.fake.creates(), 2);
     h.books().await;
 }
 
 #[tokio::test]
 async fn a_create_lost_in_transit_is_adopted_not_repeated() {
     let h = harness(CREDIT).await;
-    h.fake
-        .next_create
-        .lock()
-        .unwrap()
-        .push_back(CreateMode::UnavailableButCreated);
+    h.fake.next_create_is(CreateMode::UnavailableButCreated);
     let r = h.rs.rent(&h.account, rent_o1()).await.unwrap();
-    assert_eq!(h.fake.creates.load(Ordering::SeqCst), 1);
+    assert_eq!(h.fake.creates(), 1);
     let list = h.fake.list_instances().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(r.instance_id.as_deref(), Some(list[0].id.as_str()));
@@ -609,11 +611,7 @@ async fn a_create_lost_in_transit_is_adopted_not_repeated() {
 #[tokio::test]
 async fn no_capacity_fails_the_rent_without_a_charge() {
     let h = harness(CREDIT).await;
-    h.fake
-        .next_create
-        .lock()
-        .unwrap()
-        .push_back(CreateMode::NoCapacity);
+    h.fake.next_create_is(CreateMode::NoCapacity);
     assert!(h.rs.rent(&h.account, rent_o1()).await.is_err());
     let rentals = h.rs.list(Some(&h.account), None).await.unwrap();
     assert_eq!(rentals.len(), 1);

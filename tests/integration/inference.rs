@@ -16,6 +16,23 @@ const FAST_MODELS: &str =
     "[sandbox]\nmodel_load_seconds = 1\n[deployments]\nidle_timeout_seconds = 3\n\
     [[models]]\nid = \"giant/needs-a-datacenter\"\nmin_vram_gb = 100000\n";
 
+/// A plain (not streamed) chat request to `model` with extra `headers`.
+async fn post_chat(
+    d: &Daemon,
+    key: &str,
+    model: &str,
+    headers: &[(&str, &str)],
+) -> crate::common::Resp {
+    d.call_h(
+        Method::POST,
+        "/v1/chat/completions",
+        Some(key),
+        headers,
+        Some(chat(model, false)),
+    )
+    .await
+}
+
 fn chat(model: &str, stream: bool) -> Vec<u8> {
     json!({"model": model, "stream": stream,
            "messages": [{"role": "user", "content": "say something nice about spot GPUs"}]})
@@ -63,15 +80,7 @@ async fn hosted_models_are_instant_and_billed_per_token() {
     assert!(cold_models >= 4, "{list:?}");
 
     // Plain.
-    let r = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&key),
-            &[],
-            Some(chat("gpt-4o-mini", false)),
-        )
-        .await;
+    let r = post_chat(&d, &key, "gpt-4o-mini", &[]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["object"], "chat.completion");
     let p = r.body["usage"]["prompt_tokens"].as_u64().unwrap();
@@ -159,15 +168,7 @@ async fn hosted_models_are_instant_and_billed_per_token() {
     // Unknown model: 404 model_not_found, nothing charged.
     let before = request_charges(&d, &key).await.len();
     assert_eq!(before, 3);
-    let u = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&key),
-            &[],
-            Some(chat("no-such-model", false)),
-        )
-        .await;
+    let u = post_chat(&d, &key, "no-such-model", &[]).await;
     assert_eq!(u.status, 404, "{:?}", u.body);
     assert_eq!(u.err_code(), "model_not_found");
     // Bad input: 400, never a 500.
@@ -274,15 +275,7 @@ async fn cold_start_then_ready_then_reaped_then_cold_again() {
     // Ready: 200 with the completion, served by the deployment.
     let deadline = Instant::now() + Duration::from_secs(30);
     let ok = loop {
-        let r = d
-            .call_h(
-                Method::POST,
-                "/v1/chat/completions",
-                Some(&key),
-                &[],
-                Some(chat(COLD, false)),
-            )
-            .await;
+        let r = post_chat(&d, &key, COLD, &[]).await;
         if r.status == 200 {
             break r;
         }
@@ -313,39 +306,21 @@ async fn cold_start_then_ready_then_reaped_then_cold_again() {
 async fn prefer_wait_answers_with_the_completion_and_no_funds_is_402() {
     let d = Daemon::start(FAST_MODELS);
     let key = d.demo_key.clone();
-    let r = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&key),
-            &[("Prefer", "wait=60")],
-            Some(chat(COLD, false)),
-        )
-        .await;
+    let r = post_chat(&d, &key, COLD, &[("Prefer", "wait=60")]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["object"], "chat.completion");
     // A short wait on another cold model: the usual 202.
-    let r = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&key),
-            &[("Prefer", "wait=1")],
-            Some(chat("meta-llama/Llama-3.3-70B-Instruct", false)),
-        )
-        .await;
+    let r = post_chat(
+        &d,
+        &key,
+        "meta-llama/Llama-3.3-70B-Instruct",
+        &[("Prefer", "wait=1")],
+    )
+    .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
 
     // No offer fits the model: 503 with a clear message, nothing rented.
-    let r = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&key),
-            &[],
-            Some(chat("giant/needs-a-datacenter", false)),
-        )
-        .await;
+    let r = post_chat(&d, &key, "giant/needs-a-datacenter", &[]).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     let msg = r.body["error"]["message"].as_str().unwrap();
     assert!(
@@ -361,15 +336,7 @@ async fn prefer_wait_answers_with_the_completion_and_no_funds_is_402() {
 
     // No funds: 402, nothing rented, nothing held.
     let (_, poor) = d.account("poor", "0.000001").await;
-    let r = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&poor),
-            &[],
-            Some(chat(COLD, false)),
-        )
-        .await;
+    let r = post_chat(&d, &poor, COLD, &[]).await;
     assert_eq!(r.status, 402, "{:?}", r.body);
     assert_eq!(
         d.get("/v1/gpus/rentals", &poor).await.body["data"]
@@ -387,15 +354,7 @@ async fn a_preempted_deployment_is_redeployed() {
     let d = Daemon::start(FAST_MODELS);
     let key = d.demo_key.clone();
     let admin = d.admin.clone();
-    let r = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&key),
-            &[("Prefer", "wait=60")],
-            Some(chat(COLD, false)),
-        )
-        .await;
+    let r = post_chat(&d, &key, COLD, &[("Prefer", "wait=60")]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let rentals = d.get("/v1/gpus/rentals", &key).await;
     let dep = rentals.body["data"]
@@ -471,29 +430,14 @@ async fn a_preempted_deployment_is_redeployed() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let r = d
-        .call_h(
-            Method::POST,
-            "/v1/chat/completions",
-            Some(&key),
-            &[("Prefer", "wait=60")],
-            Some(chat(COLD, false)),
-        )
-        .await;
+    let r = post_chat(&d, &key, COLD, &[("Prefer", "wait=60")]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     d.assert_books_balance(&key).await;
 }
 
 /// A chat request to the cold model that waits for it (with an RFC 7240 parameter).
 async fn wait(d: &Daemon, key: &str) -> crate::common::Resp {
-    d.call_h(
-        Method::POST,
-        "/v1/chat/completions",
-        Some(key),
-        &[("Prefer", "wait=60; handling=strict")],
-        Some(chat(COLD, false)),
-    )
-    .await
+    post_chat(d, key, COLD, &[("Prefer", "wait=60; handling=strict")]).await
 }
 
 /// After a restart the in-process sandbox clouds listen on a new port, so a running
