@@ -1,19 +1,32 @@
-//! "Now" comes from here, so workers and tests can move time.
+//! The one clock: "now", and sleeping until a deadline.
 //!
 //! Times are unix milliseconds (`i64`) inside spotd and RFC 3339 UTC at the JSON edge.
+//!
+//! [`Clock::System`] reads the wall clock and sleeps on tokio time. [`Clock::Manual`]
+//! stands still until a test or the simulator moves it; its sleepers wake only when it
+//! is moved past their deadline. Every background loop sleeps through a [`Ticker`], which
+//! the manual clock keeps a register of, so [`Clock::advance_settled`] can move time
+//! deadline by deadline and, after each, wait until every loop has done the work that
+//! was due and is asleep again: advancing time runs exactly the work due, in order.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
 
-/// The source of "now". `System` reads the wall clock; `Manual` is moved by tests.
+/// The source of "now" and of sleeps. Cloning shares the clock.
 #[derive(Clone, Debug)]
 pub enum Clock {
     System,
-    Manual(Arc<AtomicI64>),
+    Manual(Arc<Manual>),
 }
 
 impl Clock {
@@ -22,7 +35,11 @@ impl Clock {
     }
 
     pub fn manual(start: Millis) -> Clock {
-        Clock::Manual(Arc::new(AtomicI64::new(start)))
+        Clock::Manual(Arc::new(Manual::new(start)))
+    }
+
+    pub fn is_manual(&self) -> bool {
+        matches!(self, Clock::Manual(_))
     }
 
     pub fn now(&self) -> Millis {
@@ -31,14 +48,384 @@ impl Clock {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
-            Clock::Manual(t) => t.load(Ordering::SeqCst),
+            Clock::Manual(m) => m.lock().now,
         }
     }
 
-    /// Moves a manual clock forward; a no-op on the system clock.
+    /// Moves a manual clock forward and wakes the sleepers now due, without waiting
+    /// for them; a no-op on the system clock. [`Clock::advance_settled`] also waits.
     pub fn advance(&self, ms: i64) {
-        if let Clock::Manual(t) = self {
-            t.fetch_add(ms, Ordering::SeqCst);
+        if let Clock::Manual(m) = self {
+            let target = m.lock().now.saturating_add(ms.max(0));
+            m.set(target);
+        }
+    }
+
+    /// Sleeps until the clock reads `deadline` (at once if it already does).
+    pub async fn sleep_until(&self, deadline: Millis) {
+        match self {
+            Clock::System => {
+                let wait = deadline.saturating_sub(self.now()).max(0) as u64;
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+            }
+            Clock::Manual(m) => ManualSleep::new(m.clone(), deadline).await,
+        }
+    }
+
+    /// Sleeps `ms` milliseconds of this clock's time.
+    pub async fn sleep(&self, ms: i64) {
+        self.sleep_until(self.now().saturating_add(ms.max(0))).await
+    }
+
+    /// A background loop's way to sleep; see [`Ticker`].
+    pub fn ticker(&self, signal: Signal) -> Ticker {
+        let id = match self {
+            Clock::System => 0,
+            Clock::Manual(m) => m.register_ticker(signal.clone()),
+        };
+        Ticker {
+            clock: self.clone(),
+            signal,
+            id,
+        }
+    }
+
+    /// Marks work in progress that the manual clock must wait for before it counts as
+    /// settled (a background write, a redeploy), until the guard is dropped.
+    pub fn busy(&self) -> Busy {
+        if let Clock::Manual(m) = self {
+            m.lock().held += 1;
+        }
+        Busy(self.clone())
+    }
+
+    /// Manual clock: moves time forward by `ms` one due deadline at a time, and after
+    /// each waits until every ticker has finished the work that was due and sleeps
+    /// again (see [`Clock::settle`]). Answers how many deadlines were stepped through.
+    /// On the system clock it only sleeps `ms`.
+    pub async fn advance_settled(&self, ms: i64) -> Result<u64, Stuck> {
+        let Clock::Manual(m) = self else {
+            self.sleep(ms).await;
+            return Ok(0);
+        };
+        let target = m.lock().now.saturating_add(ms.max(0));
+        let mut steps = 0;
+        self.settle().await?;
+        loop {
+            let next = {
+                let st = m.lock();
+                st.next_deadline().filter(|d| *d <= target)
+            };
+            let Some(next) = next else { break };
+            m.set(next);
+            steps += 1;
+            self.settle().await?;
+        }
+        m.set(target);
+        self.settle().await?;
+        Ok(steps)
+    }
+
+    /// Manual clock: waits until every ticker sleeps with a deadline in the future and
+    /// no signal is pending, i.e. all the work due now is done. Real time bounds the
+    /// wait: a loop that never sleeps again is reported, not waited for forever.
+    pub async fn settle(&self) -> Result<(), Stuck> {
+        let Clock::Manual(m) = self else {
+            return Ok(());
+        };
+        let give_up = tokio::time::Instant::now() + SETTLE_LIMIT;
+        loop {
+            let changed = m.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(busy) = m.lock().busy_ticker() {
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(Stuck(busy));
+                }
+            } else {
+                return Ok(());
+            }
+            // Sleeping tickers notify `changed`; the short real-time poll covers a
+            // signal raised by a task the clock does not know about.
+            let _ = tokio::time::timeout(Duration::from_millis(2), changed).await;
+        }
+    }
+}
+
+/// How long [`Clock::settle`] waits in real time for the loops to go back to sleep.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// A loop that did not go back to sleep within the settle limit (its ticker's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck(pub String);
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a background loop did not settle: {}", self.0)
+    }
+}
+
+impl std::error::Error for Stuck {}
+
+/// A manual clock's state.
+#[derive(Debug)]
+pub struct Manual {
+    state: Mutex<ManualState>,
+    /// Notified whenever a ticker goes to sleep.
+    changed: Notify,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ManualState {
+    now: Millis,
+    /// Plain sleepers: id -> (deadline, waker).
+    sleepers: BTreeMap<u64, (Millis, Option<Waker>)>,
+    /// Tickers: id -> (deadline it sleeps until, or None while it works; its signal).
+    tickers: BTreeMap<u64, (Option<Millis>, Signal)>,
+    /// Live [`Busy`] guards.
+    held: usize,
+}
+
+impl ManualState {
+    /// The earliest deadline any sleeper or ticker waits for, after now.
+    fn next_deadline(&self) -> Option<Millis> {
+        let plain = self.sleepers.values().map(|(d, _)| *d);
+        let tick = self.tickers.values().filter_map(|(d, _)| *d);
+        plain.chain(tick).filter(|d| *d > self.now).min()
+    }
+
+    /// A ticker that has work to do now: awake, due, or signalled.
+    fn busy_ticker(&self) -> Option<String> {
+        if self.held > 0 {
+            return Some(format!("{} background task(s)", self.held));
+        }
+        self.tickers.values().find_map(|(d, s)| match d {
+            Some(d) if *d > self.now && !s.is_pending() => None,
+            _ => Some(s.name().to_string()),
+        })
+    }
+}
+
+impl Manual {
+    fn new(start: Millis) -> Manual {
+        Manual {
+            state: Mutex::new(ManualState {
+                now: start,
+                sleepers: BTreeMap::new(),
+                tickers: BTreeMap::new(),
+                held: 0,
+            }),
+            changed: Notify::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ManualState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the time (never backwards) and wakes whatever is due.
+    fn set(&self, to: Millis) {
+        let mut st = self.lock();
+        st.now = st.now.max(to);
+        let now = st.now;
+        for (d, w) in st.sleepers.values_mut() {
+            if *d <= now {
+                if let Some(w) = w.take() {
+                    w.wake();
+                }
+            }
+        }
+        for (d, s) in st.tickers.values() {
+            if matches!(d, Some(d) if *d <= now) {
+                s.wake_sleeper();
+            }
+        }
+    }
+
+    fn register_ticker(&self, signal: Signal) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().tickers.insert(id, (None, signal));
+        id
+    }
+}
+
+/// Work in progress the manual clock waits for; see [`Clock::busy`].
+pub struct Busy(Clock);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Clock::Manual(m) = &self.0 {
+            m.lock().held -= 1;
+            m.changed.notify_waiters();
+        }
+    }
+}
+
+/// A manual-clock sleep: registered with its waker until the clock passes `deadline`.
+struct ManualSleep {
+    clock: Arc<Manual>,
+    id: u64,
+    deadline: Millis,
+}
+
+impl ManualSleep {
+    fn new(clock: Arc<Manual>, deadline: Millis) -> ManualSleep {
+        let id = clock.next_id.fetch_add(1, Ordering::Relaxed);
+        ManualSleep {
+            clock,
+            id,
+            deadline,
+        }
+    }
+}
+
+impl Future for ManualSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.clock.lock();
+        if st.now >= self.deadline {
+            st.sleepers.remove(&self.id);
+            return Poll::Ready(());
+        }
+        st.sleepers
+            .insert(self.id, (self.deadline, Some(cx.waker().clone())));
+        Poll::Pending
+    }
+}
+
+impl Drop for ManualSleep {
+    fn drop(&mut self) {
+        self.clock.lock().sleepers.remove(&self.id);
+    }
+}
+
+/// A wake-up for a background loop: `notify` makes its next (or current) sleep end at
+/// once. A notification sent while the loop works is kept for its next sleep.
+#[derive(Clone, Debug)]
+pub struct Signal(Arc<SignalInner>);
+
+#[derive(Debug)]
+struct SignalInner {
+    name: String,
+    notify: Notify,
+    /// Set by `notify`, cleared when the loop wakes: the manual clock is not settled
+    /// while a signal is pending.
+    pending: AtomicBool,
+    /// Woken by the manual clock when the ticker's deadline passes.
+    deadline: Notify,
+}
+
+impl Signal {
+    /// A signal named after the loop it wakes (named in [`Stuck`] reports).
+    pub fn new(name: impl Into<String>) -> Signal {
+        Signal(Arc::new(SignalInner {
+            name: name.into(),
+            notify: Notify::new(),
+            pending: AtomicBool::new(false),
+            deadline: Notify::new(),
+        }))
+    }
+
+    pub fn notify(&self) {
+        self.0.pending.store(true, Ordering::SeqCst);
+        self.0.notify.notify_one();
+    }
+
+    fn is_pending(&self) -> bool {
+        self.0.pending.load(Ordering::SeqCst)
+    }
+
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn wake_sleeper(&self) {
+        self.0.deadline.notify_one();
+    }
+}
+
+/// How a background loop sleeps: until a deadline of its clock, or until its
+/// [`Signal`] is notified. On a manual clock the ticker is registered, so the clock
+/// knows whether the loop is working or asleep (see [`Clock::settle`]).
+pub struct Ticker {
+    clock: Clock,
+    signal: Signal,
+    id: u64,
+}
+
+impl Ticker {
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// Sleeps until `deadline` or the signal; answers `true` when the signal woke it.
+    pub async fn sleep_until(&mut self, deadline: Millis) -> bool {
+        let woken = match &self.clock {
+            Clock::System => {
+                let wait = deadline.saturating_sub(self.clock.now()).max(0) as u64;
+                tokio::select! {
+                    _ = self.signal.0.notify.notified() => true,
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => false,
+                }
+            }
+            Clock::Manual(m) => {
+                let sig = &self.signal.0;
+                loop {
+                    let notified = sig.notify.notified();
+                    let due = sig.deadline.notified();
+                    tokio::pin!(notified, due);
+                    notified.as_mut().enable();
+                    due.as_mut().enable();
+                    {
+                        let mut st = m.lock();
+                        if sig.pending.load(Ordering::SeqCst) {
+                            break true;
+                        }
+                        if st.now >= deadline {
+                            break false;
+                        }
+                        if let Some(t) = st.tickers.get_mut(&self.id) {
+                            t.0 = Some(deadline);
+                        }
+                    }
+                    m.changed.notify_waiters();
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = due => {}
+                    }
+                }
+            }
+        };
+        // Awake: working until the next sleep.
+        if let Clock::Manual(m) = &self.clock {
+            let mut st = m.lock();
+            if let Some(t) = st.tickers.get_mut(&self.id) {
+                t.0 = None;
+            }
+            self.signal.0.pending.store(false, Ordering::SeqCst);
+        } else {
+            self.signal.0.pending.store(false, Ordering::SeqCst);
+        }
+        woken
+    }
+
+    /// Sleeps `ms` from now, or until the signal.
+    pub async fn sleep(&mut self, ms: i64) -> bool {
+        let deadline = self.clock.now().saturating_add(ms.max(0));
+        self.sleep_until(deadline).await
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        if let Clock::Manual(m) = &self.clock {
+            m.lock().tickers.remove(&self.id);
+            m.changed.notify_waiters();
         }
     }
 }
@@ -79,6 +466,7 @@ pub fn ser_opt<S: serde::Serializer>(v: &Option<Millis>, s: S) -> Result<S::Ok, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn rfc3339_round_trip() {
@@ -93,5 +481,94 @@ mod tests {
         let c = Clock::manual(1000);
         c.advance(500);
         assert_eq!(c.now(), 1500);
+    }
+
+    #[tokio::test]
+    async fn manual_sleep_ends_only_when_the_clock_passes_its_deadline() {
+        let c = Clock::manual(0);
+        let c2 = c.clone();
+        let t = tokio::spawn(async move { c2.sleep_until(1_000).await });
+        tokio::task::yield_now().await;
+        c.advance(999);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!t.is_finished(), "woke before its deadline");
+        c.advance(1);
+        tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("woke at its deadline")
+            .unwrap();
+    }
+
+    /// A loop that counts its rounds, every 10 s of clock time.
+    fn counting_loop(c: &Clock, rounds: Arc<AtomicUsize>, sig: Signal) {
+        let mut ticker = c.ticker(sig);
+        tokio::spawn(async move {
+            let mut next = ticker.now() + 10_000;
+            loop {
+                if !ticker.sleep_until(next).await {
+                    next += 10_000;
+                }
+                rounds.fetch_add(1, Ordering::SeqCst);
+                // Some real work between sleeps: the settle must wait for it.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn advance_settled_runs_exactly_the_rounds_due() {
+        let c = Clock::manual(0);
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let sig = Signal::new("counter");
+        counting_loop(&c, rounds.clone(), sig.clone());
+        c.settle().await.unwrap();
+        assert_eq!(rounds.load(Ordering::SeqCst), 0);
+        let steps = c.advance_settled(3_600_000).await.unwrap();
+        assert_eq!(
+            rounds.load(Ordering::SeqCst),
+            360,
+            "one round per 10 s in an hour"
+        );
+        assert_eq!(steps, 360);
+        assert_eq!(c.now(), 3_600_000);
+        // A signal runs one round at once, and settle waits for it.
+        sig.notify();
+        c.settle().await.unwrap();
+        assert_eq!(rounds.load(Ordering::SeqCst), 361);
+        c.advance_settled(9_999).await.unwrap();
+        assert_eq!(
+            rounds.load(Ordering::SeqCst),
+            361,
+            "the next round is at 3,610 s"
+        );
+        c.advance_settled(1).await.unwrap();
+        assert_eq!(rounds.load(Ordering::SeqCst), 362);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settle_reports_a_loop_that_never_sleeps_again() {
+        let c = Clock::manual(0);
+        let ticker = c.ticker(Signal::new("stuck-loop"));
+        // Registered but never asleep: the settle gives up and names it.
+        let err = c.settle().await.unwrap_err();
+        assert_eq!(err, Stuck("stuck-loop".into()));
+        drop(ticker);
+        c.settle().await.unwrap();
+        let busy = c.busy();
+        assert!(c.settle().await.is_err(), "a busy guard keeps it unsettled");
+        drop(busy);
+        c.settle().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn system_ticker_wakes_on_its_signal() {
+        let c = Clock::system();
+        let sig = Signal::new("s");
+        let mut t = c.ticker(sig.clone());
+        sig.notify();
+        let woken = tokio::time::timeout(Duration::from_secs(5), t.sleep(3_600_000))
+            .await
+            .expect("the signal ends the sleep");
+        assert!(woken);
     }
 }

@@ -1,5 +1,9 @@
-//! `spotd serve`: opens the store, starts the sandbox (in sandbox mode), the workers and
-//! the API server, and runs until `shutdown` is cancelled.
+//! The daemon as a value: [`Daemon::open`] builds everything from a config and a clock
+//! (the store, the sandbox clouds in sandbox mode, the market, the provider registry,
+//! rentals, inference, the background task tracker); [`Daemon::serve`] runs the API on a
+//! listener the caller bound and every worker until `shutdown`, then drains and closes.
+//! `spotd serve` is a thin caller ([`run`]); tests and the simulator open a daemon on a
+//! temp dir with a manual clock and serve it on 127.0.0.1:0 in their own process.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,7 +29,9 @@ use crate::providers::registry::Registry;
 use crate::rentals::{Rentals, RentalsConfig};
 use crate::sandbox;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use crate::workers;
+use crate::workers::rentals::Cadence;
 
 /// Credit of the sandbox's demo account.
 const DEMO_CREDIT_USD: i64 = 100;
@@ -130,63 +136,256 @@ fn sandbox_providers(h: &sandbox::SandboxHandle, refresh_seconds: u64) -> Vec<Pr
         .collect()
 }
 
-/// Runs the daemon until `shutdown` is cancelled. Prints `spotd listening on
-/// http://ADDR` to stdout once bound and writes `DATA_DIR/spotd.addr`.
+/// Runs the daemon until `shutdown` is cancelled (`spotd serve`). Prints `spotd listening
+/// on http://ADDR` to stdout once bound and writes `DATA_DIR/spotd.addr`.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String> {
-    let data_dir: PathBuf = cfg.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", cfg.data_dir.display()))?;
     let addr = cfg.listen_addr()?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let clock = Clock::system();
-    let db_path = data_dir.join("spotd.redb");
     let notifier = Notifier::from_env();
-    let on_repair = notifier.repair_callback();
-    let store =
-        tokio::task::spawn_blocking(move || Store::open_with_repair_callback(&db_path, on_repair))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot open the store: {e}"))?;
-    let mut sandbox_handle = None;
-    let result = serve(
-        &cfg,
-        &store,
-        &mut sandbox_handle,
-        listener,
-        clock,
-        &data_dir,
-        notifier,
-        shutdown,
-    )
-    .await;
-    // Also when start-up fails halfway (a provider key missing from the environment):
-    // both redb files are closed cleanly, so the next start needs no repair.
-    if let Some(h) = sandbox_handle {
-        h.shutdown().await;
+    let daemon = Daemon::open_with(cfg, Clock::system(), notifier).await?;
+    daemon.serve(listener, shutdown).await
+}
+
+/// How often the rental workers run (the metering interval is a config key).
+const CADENCE: Cadence = Cadence {
+    sync: Duration::from_secs(1),
+    sweep: Duration::from_secs(30),
+};
+
+/// A whole spotd: everything `spotd serve` runs, owned by one value.
+pub struct Daemon {
+    cfg: Arc<Config>,
+    clock: Clock,
+    store: Store,
+    sandbox: Option<sandbox::SandboxHandle>,
+    market: Market,
+    registry: Arc<Registry>,
+    rentals: Rentals,
+    inference: Arc<Inference>,
+    tasks: Tasks,
+    admin_hash: String,
+    notifier: Notifier,
+    cadence: Cadence,
+}
+
+impl Daemon {
+    /// Opens the daemon on `cfg.data_dir` (created if missing) with `clock`: the store,
+    /// the sandbox in sandbox mode (its demo account too), the market after one refresh
+    /// of every provider. Nothing serves until [`Daemon::serve`].
+    pub async fn open(cfg: Config, clock: Clock) -> Result<Daemon, String> {
+        Daemon::open_with(cfg, clock, Notifier::default()).await
     }
-    let _ = tokio::task::spawn_blocking(move || store.close()).await;
-    result
+
+    /// [`Daemon::open`] that reports to systemd through `notifier`.
+    pub async fn open_with(
+        cfg: Config,
+        clock: Clock,
+        notifier: Notifier,
+    ) -> Result<Daemon, String> {
+        let data_dir: PathBuf = cfg.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
+        let db_path = data_dir.join("spotd.redb");
+        let on_repair = notifier.repair_callback();
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open_with_repair_callback(&db_path, on_repair)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open the store: {e}"))?;
+        let mut sandbox_handle = None;
+        match build(&cfg, &store, &mut sandbox_handle, &clock).await {
+            Ok(parts) => Ok(Daemon {
+                cfg: Arc::new(cfg),
+                clock,
+                store,
+                sandbox: sandbox_handle,
+                market: parts.market,
+                registry: parts.registry,
+                rentals: parts.rentals,
+                inference: parts.inference,
+                tasks: parts.tasks,
+                admin_hash: parts.admin_hash,
+                notifier,
+                cadence: CADENCE,
+            }),
+            Err(e) => {
+                // A start that fails halfway (a provider key missing from the
+                // environment): both redb files are closed cleanly, so the next start
+                // needs no repair.
+                if let Some(h) = sandbox_handle {
+                    h.shutdown().await;
+                }
+                let _ = tokio::task::spawn_blocking(move || store.close()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// How often the rental workers sync and sweep (tests and the simulator choose
+    /// coarser steps to cover long spans quickly).
+    pub fn set_cadence(&mut self, sync: Duration, sweep: Duration) {
+        self.cadence = Cadence { sync, sweep };
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The sandbox clouds' address, in sandbox mode.
+    pub fn sandbox_addr(&self) -> Option<std::net::SocketAddr> {
+        self.sandbox.as_ref().map(|h| h.addr)
+    }
+
+    /// Serves the API on `listener` and runs every worker until `shutdown` is
+    /// cancelled; then stops the workers, waits for every background write, and closes
+    /// the sandbox and the store. Prints `spotd listening on http://ADDR` and writes
+    /// `DATA_DIR/spotd.addr`. The workers' tickers are registered before this returns
+    /// its future, so a manual clock's `settle` waits for their start-up rounds.
+    pub fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let workers_stop = CancellationToken::new();
+        let sync = workers::offer_sync::run(
+            self.registry.clone(),
+            self.market.clone(),
+            self.store.clone(),
+            self.clock.clone(),
+            workers_stop.clone(),
+        );
+        let rental_loop =
+            workers::rentals::run(self.rentals.clone(), self.cadence, workers_stop.clone());
+        let reaper_loop = reaper::run(self.inference.clone(), workers_stop.clone());
+        // A preempted deployment is redeployed in the background (a weak reference: the
+        // rentals must not keep inference alive).
+        {
+            let inf = Arc::downgrade(&self.inference);
+            let tasks = self.tasks.clone();
+            self.rentals.on_preempted(move |r| {
+                if let Some(inf) = inf.upgrade() {
+                    tasks.spawn(async move { inf.redeploy(&r).await });
+                }
+            });
+        }
+        let workers = tokio::spawn(async move {
+            tokio::join!(sync, rental_loop, reaper_loop);
+        });
+        self.run_api(listener, shutdown, workers_stop, workers)
+    }
+
+    async fn run_api(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        workers_stop: CancellationToken,
+        workers: tokio::task::JoinHandle<()>,
+    ) -> Result<(), String> {
+        let result = self.serve_api(listener, shutdown).await;
+        workers_stop.cancel();
+        if tokio::time::timeout(WORKERS_DRAIN, workers).await.is_err() {
+            tracing::warn!("the workers did not stop in time");
+        }
+        // Charges of streams that ended, activity writes, redeploys: all of them land
+        // before the store closes.
+        if !self.tasks.drain(TASKS_DRAIN).await {
+            tracing::error!(
+                left = self.tasks.len(),
+                "background writes still running when the store closes"
+            );
+        }
+        self.close().await;
+        result
+    }
+
+    async fn serve_api(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), String> {
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let app = Arc::new(App::new(
+            self.cfg.clone(),
+            self.store.clone(),
+            self.market.clone(),
+            self.registry.clone(),
+            self.rentals.clone(),
+            self.inference.clone(),
+            self.clock.clone(),
+            self.admin_hash.clone(),
+        ));
+        std::fs::write(self.cfg.data_dir.join("spotd.addr"), format!("{bound}\n"))
+            .map_err(|e| format!("cannot write spotd.addr: {e}"))?;
+        println!("spotd listening on http://{bound}");
+        tracing::info!(addr = %bound, sandbox = self.cfg.sandbox_mode(), "spotd listening");
+        self.notifier.ready();
+        let watchdog_stop = CancellationToken::new();
+        tokio::spawn(self.notifier.clone().run_watchdog(watchdog_stop.clone()));
+        tokio::spawn({
+            let (n, s) = (self.notifier.clone(), shutdown.clone());
+            async move {
+                s.cancelled().await;
+                n.stopping();
+            }
+        });
+        api::serve(listener, app, shutdown).await;
+        tracing::info!("shutting down");
+        watchdog_stop.cancel();
+        Ok(())
+    }
+
+    /// Closes the sandbox and the store (what [`Daemon::serve`] does at its end), for a
+    /// daemon that was opened but never served.
+    pub async fn close(self) {
+        if let Some(h) = self.sandbox {
+            h.shutdown().await;
+        }
+        let store = self.store;
+        drop(self.inference);
+        drop(self.rentals);
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
+
+/// How long the workers get to finish their round after shutdown.
+const WORKERS_DRAIN: Duration = Duration::from_secs(10);
+/// How long background writes get after the API and the workers stopped.
+const TASKS_DRAIN: Duration = Duration::from_secs(30);
+
+/// What [`build`] makes besides the store and the sandbox.
+struct Parts {
+    market: Market,
+    registry: Arc<Registry>,
+    rentals: Rentals,
+    inference: Arc<Inference>,
+    tasks: Tasks,
+    admin_hash: String,
 }
 
 /// Everything after the store is open: the sandbox (when no provider is configured),
-/// the market, the workers, the API until `shutdown`. The caller closes the store and
-/// the sandbox whatever this answers.
-#[allow(clippy::too_many_arguments)]
-async fn serve(
+/// the market after a first refresh, rentals and inference. The caller closes the store
+/// and the sandbox if this fails.
+async fn build(
     cfg: &Config,
     store: &Store,
     sandbox_handle: &mut Option<sandbox::SandboxHandle>,
-    listener: TcpListener,
-    clock: Clock,
-    data_dir: &Path,
-    notifier: Notifier,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
-    let store = store.clone();
-    let data_dir = data_dir.to_path_buf();
-    let admin_hash = admin_hash(&store, &data_dir).await?;
+    clock: &Clock,
+) -> Result<Parts, String> {
+    let data_dir = cfg.data_dir.clone();
+    let admin_hash = admin_hash(store, &data_dir).await?;
 
     // Sandbox mode: the simulated clouds run in-process on their own loopback port.
     let mut providers = cfg.providers.clone();
@@ -198,7 +397,7 @@ async fn serve(
         let h = sandbox::start(l, cfg.sandbox.clone(), &data_dir, clock.clone()).await?;
         providers = sandbox_providers(&h, cfg.sandbox.refresh_seconds);
         *sandbox_handle = Some(h);
-        ensure_demo_account(&store, &clock, &data_dir).await?;
+        ensure_demo_account(store, clock, &data_dir).await?;
     }
     let http = HttpClient::new(PROVIDER_TIMEOUT);
     let registry = Arc::new(Registry::new(&providers, http)?);
@@ -231,10 +430,9 @@ async fn serve(
     // One refresh before serving, so the first request sees a market; providers in
     // parallel, each bounded, so a slow one delays start-up by 10 s at most.
     let names = registry.names();
-    let (registry_ref, market_ref, store_ref, clock_ref) = (&registry, &market, &store, &clock);
+    let (registry_ref, market_ref, clock_ref) = (&registry, &market, clock);
     let first = names.iter().map(|name| async move {
-        let f =
-            workers::offer_sync::refresh_once(registry_ref, market_ref, store_ref, clock_ref, name);
+        let f = workers::offer_sync::refresh_once(registry_ref, market_ref, store, clock_ref, name);
         if tokio::time::timeout(Duration::from_secs(10), f)
             .await
             .is_err()
@@ -257,22 +455,8 @@ async fn serve(
             create_grace_ms: 2 * PROVIDER_TIMEOUT.as_millis() as i64,
         },
     );
-    let workers_stop = CancellationToken::new();
-    let sync_task = tokio::spawn(workers::offer_sync::run(
-        registry.clone(),
-        market.clone(),
-        store.clone(),
-        clock.clone(),
-        workers_stop.clone(),
-    ));
-    let rental_task = tokio::spawn(workers::rentals::run(
-        rentals.clone(),
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-        workers_stop.clone(),
-    ));
 
-    // Inference: the catalogue, the reaper, and redeploys after preemptions.
+    // Inference: the catalogue of hosted and cold models.
     let hosted = sandbox_handle.as_ref().map(|h| {
         (
             h.hosted_base_url.clone(),
@@ -293,6 +477,7 @@ async fn serve(
     } else {
         DEFAULT_DEPLOY_ESTIMATE_SECONDS
     };
+    let tasks = Tasks::new(clock.clone());
     let inference = Arc::new(Inference::new(
         catalog,
         store.clone(),
@@ -307,63 +492,14 @@ async fn serve(
             upstream_timeout: Duration::from_secs(cfg.deployments.upstream_timeout_seconds.max(1)),
             estimated_deploy_seconds,
         },
+        tasks.clone(),
     ));
-    let (preempt_tx, mut preempt_rx) = tokio::sync::mpsc::unbounded_channel();
-    rentals.on_preempted(preempt_tx);
-    let redeployer = {
-        let inf = inference.clone();
-        let stop = workers_stop.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = preempt_rx.recv() => match r {
-                        Some(r) => inf.redeploy(&r).await,
-                        None => break,
-                    },
-                }
-            }
-        })
-    };
-    let reaper_task = tokio::spawn(reaper::run(inference.clone(), workers_stop.clone()));
-
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = Arc::new(App::new(
-        Arc::new(cfg.clone()),
-        store.clone(),
+    Ok(Parts {
         market,
         registry,
         rentals,
         inference,
-        clock,
+        tasks,
         admin_hash,
-    ));
-    std::fs::write(data_dir.join("spotd.addr"), format!("{bound}\n"))
-        .map_err(|e| format!("cannot write spotd.addr: {e}"))?;
-    println!("spotd listening on http://{bound}");
-    tracing::info!(addr = %bound, sandbox = cfg.sandbox_mode(), "spotd listening");
-    notifier.ready();
-    let watchdog_stop = CancellationToken::new();
-    tokio::spawn(notifier.clone().run_watchdog(watchdog_stop.clone()));
-    tokio::spawn({
-        let (n, s) = (notifier.clone(), shutdown.clone());
-        async move {
-            s.cancelled().await;
-            n.stopping();
-        }
-    });
-
-    api::serve(listener, app, shutdown).await;
-
-    tracing::info!("shutting down");
-    workers_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let _ = sync_task.await;
-        let _ = rental_task.await;
-        let _ = reaper_task.await;
-        let _ = redeployer.await;
     })
-    .await;
-    watchdog_stop.cancel();
-    Ok(())
 }

@@ -24,4 +24,5 @@ pub mod providers;
 pub mod rentals;
 pub mod sandbox;
 pub mod store;
+pub mod tasks;
 pub mod workers;

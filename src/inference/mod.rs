@@ -33,6 +33,7 @@ use crate::market::{Market, OfferFilter};
 use crate::model::{Rental, RentalState};
 use crate::rentals::{RentRequest, RentTarget, Rentals};
 use crate::store::Store;
+use crate::tasks::Tasks;
 use catalog::{token_cost, Catalog, ColdModel, HostedModel, Model};
 use reaper::Activity;
 use stream::{SseMeter, Usage};
@@ -102,9 +103,12 @@ pub struct Inference {
     /// address changed is probed again).
     ready: Mutex<HashMap<String, String>>,
     pub(crate) activity: Arc<Activity>,
+    /// Charges of streams and activity writes run here, drained before the store closes.
+    tasks: Tasks,
 }
 
 impl Inference {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         catalog: Catalog,
         store: Store,
@@ -113,6 +117,7 @@ impl Inference {
         clock: Clock,
         client: HttpClient,
         cfg: InferenceConfig,
+        tasks: Tasks,
     ) -> Inference {
         Inference {
             catalog,
@@ -126,6 +131,7 @@ impl Inference {
             locks: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
             activity: Arc::new(Activity::default()),
+            tasks,
         }
     }
 
@@ -383,7 +389,7 @@ impl Inference {
                 if let (Status::Deploying(_), Some(wait)) = (&status, prefer_wait) {
                     let deadline = self.clock.now() + wait.min(MAX_WAIT_SECONDS) as i64 * 1000;
                     while self.clock.now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        self.clock.sleep(500.min(deadline - self.clock.now())).await;
                         status = self.status(account, &c.id).await?;
                         match status {
                             Status::Deploying(_) => {}
@@ -448,6 +454,7 @@ impl Inference {
         };
         if stream && is_sse(&resp) {
             let (parts, incoming) = resp.into_parts();
+            let tasks = self.tasks.clone();
             let meter = SseMeter::new(
                 incoming,
                 !client_wants_usage,
@@ -462,7 +469,7 @@ impl Inference {
                     });
                     let note = (!o.completed)
                         .then_some("stream cut before the end: billed for what was delivered");
-                    tokio::spawn(billing.charge(usage, note));
+                    tasks.spawn(billing.charge(usage, note));
                 }),
             );
             return Ok(sse_response(parts.status, meter.boxed(), &request_id));
@@ -519,6 +526,7 @@ impl Inference {
             activity: self.activity.clone(),
             rentals: self.rentals.clone(),
             clock: self.clock.clone(),
+            tasks: self.tasks.clone(),
         }
     }
 
@@ -567,6 +575,7 @@ struct ActivityHandle {
     activity: Arc<Activity>,
     rentals: Rentals,
     clock: Clock,
+    tasks: Tasks,
 }
 
 impl ActivityHandle {
@@ -575,7 +584,7 @@ impl ActivityHandle {
         if self.activity.end(rental, now) {
             let rs = self.rentals.clone();
             let id = rental.to_string();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let res = rs
                     .update(&id, None, move |_tx, _a, r, _now| {
                         r.last_activity_at = Some(r.last_activity_at.unwrap_or(0).max(now));

@@ -9,12 +9,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Millis;
+use crate::clock::{Millis, Signal, Ticker};
 use crate::model::{RentalState, TerminationReason};
 
 use super::Inference;
@@ -31,10 +29,18 @@ struct Entry {
     persisted: Millis,
 }
 
-#[derive(Default)]
 pub struct Activity {
     map: Mutex<HashMap<String, Entry>>,
-    pub(crate) wake: Notify,
+    pub(crate) wake: Signal,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            map: Mutex::new(HashMap::new()),
+            wake: Signal::new("reaper"),
+        }
+    }
 }
 
 impl Activity {
@@ -74,7 +80,7 @@ impl Activity {
             e.last = e.last.max(now);
             e.persisted = now;
         });
-        self.wake.notify_one();
+        self.wake.notify();
     }
 
     /// (requests in flight, last activity seen in this process).
@@ -141,15 +147,24 @@ pub async fn reap_once(inf: &Inference) -> Millis {
     next
 }
 
-/// Runs the reaper until shutdown.
-pub async fn run(inf: std::sync::Arc<Inference>, shutdown: CancellationToken) {
+/// Runs the reaper until shutdown, asleep on the inference clock between rounds.
+/// The ticker is registered when this is called.
+pub fn run(
+    inf: std::sync::Arc<Inference>,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut ticker = inf.clock.ticker(inf.activity.wake.clone());
+    async move { run_loop(&inf, &mut ticker, shutdown).await }
+}
+
+async fn run_loop(inf: &Inference, ticker: &mut Ticker, shutdown: CancellationToken) {
     loop {
-        let next = reap_once(&inf).await;
-        let wait = (next - inf.clock.now()).clamp(50, RESCAN_MS);
+        let next = reap_once(inf).await;
+        let now = inf.clock.now();
+        let deadline = next.clamp(now + 50, now + RESCAN_MS);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = inf.activity.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            _ = ticker.sleep_until(deadline) => {}
         }
     }
 }

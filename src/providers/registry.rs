@@ -13,14 +13,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use super::http::HttpProvider;
 use super::lambda::LambdaProvider;
 use super::runpod::RunpodProvider;
 use super::vastai::VastProvider;
 use super::{CreateInstance, Instance, Provider, ProviderError, ProviderOffer};
-use crate::clock::Millis;
+use crate::clock::{Millis, Signal};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::http_client::HttpClient;
 
@@ -62,7 +61,7 @@ struct State {
 struct Entry {
     config: ProviderConfig,
     provider: Arc<dyn Provider>,
-    wake: Arc<Notify>,
+    wake: Signal,
     state: Mutex<State>,
 }
 
@@ -221,9 +220,9 @@ impl Registry {
                 quota: RateLimiter::direct(Quota::per_minute(per_minute)),
             });
             entries.push(Entry {
+                wake: Signal::new(format!("offer-sync:{}", config.name)),
                 config,
                 provider,
-                wake: Arc::new(Notify::new()),
                 state: Mutex::new(State::default()),
             });
         }
@@ -263,12 +262,12 @@ impl Registry {
     /// A wake-up sent while the loop is busy is kept for its next wait.
     pub fn refresh_now(&self, name: &str) {
         if let Some(e) = self.entry(name) {
-            e.wake.notify_one();
+            e.wake.notify();
         }
     }
 
     /// What the sync loop of `name` waits on besides its timer.
-    pub fn wake_signal(&self, name: &str) -> Option<Arc<Notify>> {
+    pub fn wake_signal(&self, name: &str) -> Option<Signal> {
         self.entry(name).map(|e| e.wake.clone())
     }
 

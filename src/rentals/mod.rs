@@ -28,6 +28,9 @@ pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// How many offers a rent by criteria tries when providers answer "no capacity".
 pub const MAX_CANDIDATES: usize = 5;
 
+/// What is told about a preempted deployment.
+type PreemptedHook = Box<dyn Fn(Rental) + Send + Sync>;
+
 #[derive(Clone, Debug)]
 pub struct RentalsConfig {
     pub min_session_seconds: u64,
@@ -71,7 +74,7 @@ pub struct Rentals {
     pub(crate) clock: Clock,
     pub(crate) cfg: RentalsConfig,
     /// Told about every deployment (rental with `model`) that was preempted.
-    preempted: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Rental>>>,
+    preempted: Arc<std::sync::OnceLock<PreemptedHook>>,
     /// When this process started renting: a provisioning intent last written before
     /// it has no create call in flight any more.
     boot_at: Millis,
@@ -96,15 +99,15 @@ impl Rentals {
         }
     }
 
-    /// Preempted deployments are sent here (inference redeploys them).
-    pub fn on_preempted(&self, tx: tokio::sync::mpsc::UnboundedSender<Rental>) {
-        let _ = self.preempted.set(tx);
+    /// Preempted deployments are given to `hook` (inference redeploys them).
+    pub fn on_preempted(&self, hook: impl Fn(Rental) + Send + Sync + 'static) {
+        let _ = self.preempted.set(Box::new(hook));
     }
 
     pub(crate) fn notify_preempted(&self, r: &Rental) {
         if r.model.is_some() && r.termination_reason == Some(TerminationReason::Preempted) {
-            if let Some(tx) = self.preempted.get() {
-                let _ = tx.send(r.clone());
+            if let Some(hook) = self.preempted.get() {
+                hook(r.clone());
             }
         }
     }

@@ -8,11 +8,10 @@
 //! renting from a list that old would mostly hit vanished machines.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{Clock, Millis};
+use crate::clock::{Clock, Millis, Ticker};
 use crate::error::Error;
 use crate::market::{insane_offer, offer_from_provider, Market};
 use crate::model::Offer;
@@ -37,29 +36,43 @@ pub enum RefreshOutcome {
 }
 
 /// Runs one sync loop per provider until `shutdown`; returns once every loop ended.
-pub async fn run(
+/// Each loop's ticker is registered when this is called.
+pub fn run(
     registry: Arc<Registry>,
     market: Market,
     store: Store,
     clock: Clock,
     shutdown: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let counts = market.count_by_provider();
-    let mut loops = tokio::task::JoinSet::new();
+    let mut loops = Vec::new();
     for name in registry.names() {
         registry.set_offer_count(&name, counts.get(&name).copied().unwrap_or(0));
-        loops.spawn(provider_loop(
+        let (Some(config), Some(signal)) =
+            (registry.config(&name).cloned(), registry.wake_signal(&name))
+        else {
+            continue;
+        };
+        let ticker = clock.ticker(signal);
+        loops.push(provider_loop(
             registry.clone(),
             market.clone(),
             store.clone(),
             clock.clone(),
             shutdown.clone(),
-            name,
+            (name, config.refresh_seconds),
+            ticker,
         ));
     }
-    while let Some(r) = loops.join_next().await {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "an offer sync loop ended abnormally");
+    async move {
+        let mut set = tokio::task::JoinSet::new();
+        for l in loops {
+            set.spawn(l);
+        }
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "an offer sync loop ended abnormally");
+            }
         }
     }
 }
@@ -70,19 +83,23 @@ async fn provider_loop(
     store: Store,
     clock: Clock,
     shutdown: CancellationToken,
-    name: String,
+    (name, refresh_seconds): (String, u64),
+    mut ticker: Ticker,
 ) {
-    let (Some(config), Some(wake)) = (registry.config(&name).cloned(), registry.wake_signal(&name))
-    else {
-        return;
-    };
+    let every_ms = refresh_seconds.max(1) as i64 * 1000;
+    // The daemon refreshed every provider once before serving: the loop waits first.
+    let mut wait_ms = every_ms;
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.sleep(wait_ms) => {}
+        }
         let round = refresh_once(&registry, &market, &store, &clock, &name);
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             o = round => o,
         };
-        let mut wait = Duration::from_secs(config.refresh_seconds.max(1));
+        wait_ms = every_ms;
         match outcome {
             Ok(RefreshOutcome::Refreshed { offers }) => {
                 tracing::debug!(provider = %name, offers, "offers refreshed")
@@ -93,18 +110,13 @@ async fn provider_loop(
             }) => {
                 tracing::warn!(provider = %name, %error, "offer refresh failed; keeping the last offers");
                 if let Some(s) = retry_after_secs {
-                    wait = wait.max(Duration::from_secs(s));
+                    wait_ms = wait_ms.max(s.min(86_400) as i64 * 1000);
                 }
             }
             Ok(RefreshOutcome::Dropped { error }) => {
                 tracing::warn!(provider = %name, %error, "provider failing; its offers are dropped")
             }
             Err(e) => tracing::error!(provider = %name, error = %e, "offer refresh"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -441,7 +453,8 @@ mod tests {
 
     #[tokio::test]
     async fn run_refreshes_on_wake_and_stops_on_shutdown() {
-        // An hour between refreshes: only the first round and the wake-up can happen.
+        // An hour between refreshes: only the wake-ups can make rounds (the daemon makes
+        // the first one before it starts the loops).
         let mut s = setup(3600);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(
@@ -451,7 +464,8 @@ mod tests {
             s.clock.clone(),
             shutdown.clone(),
         ));
-        let wait = Duration::from_secs(10);
+        let wait = std::time::Duration::from_secs(10);
+        s.registry.refresh_now("fake");
         tokio::time::timeout(wait, s.calls.recv()).await.unwrap();
         s.fake.offers.lock().unwrap().push(offer("c", "3"));
         s.registry.refresh_now("fake");

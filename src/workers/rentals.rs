@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{parse_rfc3339, Millis};
+use crate::clock::{parse_rfc3339, Millis, Signal, Ticker};
 use crate::error::Result;
 use crate::ledger::{self, Metered};
 use crate::model::{Rental, RentalState, TerminationReason};
@@ -427,9 +427,29 @@ pub async fn reconcile_once(rs: &Rentals) -> usize {
     terminated
 }
 
-/// Runs the rental workers until shutdown: sync every `poll`, metering every
-/// `metering_interval_seconds`, the orphan sweep at start and every `sweep`.
-pub async fn run(rs: Rentals, poll: Duration, sweep: Duration, shutdown: CancellationToken) {
+/// How often the rental workers run: sync, metering (from `RentalsConfig`) and the
+/// orphan sweep.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    pub sync: Duration,
+    pub sweep: Duration,
+}
+
+/// Runs the rental workers until shutdown: sync every `cadence.sync`, metering every
+/// `metering_interval_seconds`, the orphan sweep at start and every `cadence.sweep`,
+/// all asleep on the rentals' clock (a manual clock runs exactly the rounds due).
+/// The ticker is registered when this is called, so a manual clock waits for the
+/// start-up rounds from then on.
+pub fn run(
+    rs: Rentals,
+    cadence: Cadence,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send {
+    let ticker = rs.clock.ticker(Signal::new("rentals"));
+    run_loop(rs, cadence, ticker, shutdown)
+}
+
+async fn run_loop(rs: Rentals, cadence: Cadence, mut ticker: Ticker, shutdown: CancellationToken) {
     let swept = reconcile_once(&rs).await;
     if swept > 0 {
         tracing::info!(
@@ -442,26 +462,44 @@ pub async fn run(rs: Rentals, poll: Duration, sweep: Duration, shutdown: Cancell
     if let Err(e) = meter_once(&rs).await {
         tracing::warn!(error = %e, "start-up metering failed");
     }
-    let meter_every = Duration::from_secs(rs.cfg.metering_interval_seconds.max(1));
-    let mut sync_tick = tokio::time::interval(poll);
-    let mut meter_tick = tokio::time::interval(meter_every);
-    let mut sweep_tick = tokio::time::interval(sweep);
-    for t in [&mut sync_tick, &mut meter_tick, &mut sweep_tick] {
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t.reset();
-    }
+    let ms = |d: Duration| (d.as_millis() as i64).max(1);
+    let (sync_ms, sweep_ms) = (ms(cadence.sync), ms(cadence.sweep));
+    let meter_ms = rs.cfg.metering_interval_seconds.max(1) as i64 * 1000;
+    let start = ticker.now();
+    let (mut next_sync, mut next_meter, mut next_sweep) =
+        (start + sync_ms, start + meter_ms, start + sweep_ms);
     loop {
+        let due = next_sync.min(next_meter).min(next_sweep);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = sync_tick.tick() => { sync_once(&rs).await; }
-            _ = meter_tick.tick() => {
-                if let Err(e) = meter_once(&rs).await {
-                    tracing::warn!(error = %e, "metering round failed");
-                }
+            _ = ticker.sleep_until(due) => {}
+        }
+        let now = ticker.now();
+        // In a fixed order, so a manual clock replays the same interleaving.
+        if now >= next_sync {
+            sync_once(&rs).await;
+            next_sync = later(next_sync, sync_ms, now);
+        }
+        if now >= next_meter {
+            if let Err(e) = meter_once(&rs).await {
+                tracing::warn!(error = %e, "metering round failed");
             }
-            _ = sweep_tick.tick() => { reconcile_once(&rs).await; }
+            next_meter = later(next_meter, meter_ms, now);
+        }
+        if now >= next_sweep {
+            reconcile_once(&rs).await;
+            next_sweep = later(next_sweep, sweep_ms, now);
         }
     }
+}
+
+/// The next deadline after `now` on a grid of `every` from `prev` (rounds missed while
+/// a round ran long are skipped, not run back to back).
+fn later(prev: Millis, every: Millis, now: Millis) -> Millis {
+    if now < prev + every {
+        return prev + every;
+    }
+    now + every - (now - prev) % every
 }
 
 // A sibling file rather than src/workers/rentals/, as workers/ keeps one file per worker.

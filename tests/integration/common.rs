@@ -1,5 +1,8 @@
-//! Test fixture: the real `spotd` binary on 127.0.0.1:0 with a temp data dir, its
-//! sandbox clouds in-process, and a small JSON client. Dropping it kills the daemon.
+//! Test fixture: the real daemon on 127.0.0.1:0 with a temp data dir, its sandbox clouds
+//! in-process, and a small JSON client. Either the `spotd` binary as a child process
+//! ([`Daemon::start`]: for signals, kill -9, the CLI, packaging), or the daemon as a
+//! value in the test's own process on a manual clock ([`Daemon::in_process`]), where
+//! waiting means moving the clock, never sleeping. Dropping it stops the daemon.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -10,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 use serde_json::Value;
+use spotd::clock::Clock;
+use spotd::daemon::Daemon as SpotDaemon;
 use spotd::http_client::HttpClient;
 use spotd::money::Usd;
+use tokio_util::sync::CancellationToken;
 
 /// Fast clocks for tests: provisioning 1 s, metering every second.
 pub const FAST: &str = r#"
@@ -26,8 +32,19 @@ price_drift = 0.02
 seed = 7
 "#;
 
+/// Where an in-process daemon starts its manual clock: 2026-12-01T00:00:00Z.
+pub const T0: i64 = 1_796_083_200_000;
+
+/// A daemon served in the test's process.
+pub struct InProc {
+    pub clock: Clock,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
 pub struct Daemon {
     pub child: Option<Child>,
+    pub inproc: Option<InProc>,
     pub dir: tempfile::TempDir,
     pub url: String,
     pub admin: String,
@@ -37,6 +54,8 @@ pub struct Daemon {
     /// How `restart` spawns it again: sandbox flag and extra child environment.
     sandbox: bool,
     env: Vec<(String, String)>,
+    /// An in-process daemon's rental sync and sweep intervals, if not the default.
+    cadence: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -148,12 +167,116 @@ impl Daemon {
                 String::new()
             },
             child: Some(child),
+            inproc: None,
             url,
             dir,
             client: HttpClient::new(Duration::from_secs(30)),
             sandbox,
             env,
+            cadence: None,
         }
+    }
+
+    /// Opens the daemon in this process on a manual clock at [`T0`] with `FAST` plus
+    /// `extra` TOML, sandbox mode, and serves it on 127.0.0.1:0. The runtime must be
+    /// multi-threaded (the store's writer blocks a thread while it commits).
+    pub async fn in_process(extra: &str) -> Daemon {
+        Daemon::in_process_with(extra, None).await
+    }
+
+    /// [`Daemon::in_process`] with the rental workers' sync and sweep intervals (in
+    /// seconds) set, to cover long spans of clock time in fewer rounds.
+    pub async fn in_process_with(extra: &str, cadence: Option<(u64, u64)>) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("test.toml"), merge_toml(FAST, extra)).expect("config");
+        let mut d = Daemon {
+            child: None,
+            inproc: None,
+            url: String::new(),
+            admin: String::new(),
+            demo_key: String::new(),
+            client: HttpClient::new(Duration::from_secs(30)),
+            sandbox: true,
+            env: Vec::new(),
+            dir,
+            cadence,
+        };
+        d.serve_in_process(Clock::manual(T0)).await;
+        d
+    }
+
+    async fn serve_in_process(&mut self, clock: Clock) {
+        let flags = spotd::config::ServeFlags {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(self.dir.path().to_path_buf()),
+            config: Some(self.dir.path().join("test.toml")),
+            sandbox: self.sandbox,
+        };
+        let (cfg, _warnings) = spotd::config::load(&flags, &[]).expect("config");
+        let mut daemon = SpotDaemon::open(cfg, clock.clone()).await.expect("open");
+        if let Some((sync, sweep)) = self.cadence {
+            daemon.set_cadence(Duration::from_secs(sync), Duration::from_secs(sweep));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        self.url = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(daemon.serve(listener, shutdown.clone()));
+        clock.settle().await.expect("start-up rounds");
+        let read = |f: &str| {
+            std::fs::read_to_string(self.dir.path().join(f))
+                .unwrap_or_else(|e| panic!("{f}: {e}"))
+                .trim()
+                .to_string()
+        };
+        self.admin = read("admin.token");
+        if self.sandbox {
+            self.demo_key = read("demo.key");
+        }
+        self.inproc = Some(InProc {
+            clock,
+            shutdown,
+            task,
+        });
+    }
+
+    /// The manual clock of an in-process daemon.
+    pub fn clock(&self) -> &Clock {
+        &self.inproc.as_ref().expect("an in-process daemon").clock
+    }
+
+    /// Moves an in-process daemon's clock `secs` forward, deadline by deadline, each
+    /// time waiting until the workers have done what was due.
+    pub async fn advance(&self, secs: u64) {
+        self.clock()
+            .advance_settled(secs as i64 * 1000)
+            .await
+            .expect("the daemon settles");
+    }
+
+    /// A graceful stop of an in-process daemon: the API drains, the workers stop, every
+    /// background write lands, the store closes.
+    pub async fn stop_in_process(&mut self) {
+        let p = self.inproc.take().expect("an in-process daemon");
+        p.shutdown.cancel();
+        p.task
+            .await
+            .expect("the daemon task")
+            .expect("a clean stop");
+    }
+
+    /// Opens and serves the in-process daemon again on the same data dir and clock.
+    pub async fn restart_in_process(&mut self) {
+        let clock = match &self.inproc {
+            Some(_) => {
+                let c = self.clock().clone();
+                self.stop_in_process().await;
+                c
+            }
+            None => Clock::manual(T0),
+        };
+        self.serve_in_process(clock).await;
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -275,11 +398,21 @@ impl Daemon {
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut waited = 0;
         loop {
             let r = self.get(&format!("/v1/gpus/rentals/{id}"), key).await;
             assert_eq!(r.status, 200, "{:?}", r.body);
             if pred(&r.body) {
                 return r.body;
+            }
+            if self.inproc.is_some() {
+                // Simulated time: `secs` of it, one second a step.
+                if waited >= secs {
+                    panic!("rental {id} did not reach the expected state in {secs} s of clock time: {}", r.body);
+                }
+                waited += 1;
+                self.advance(1).await;
+                continue;
             }
             if Instant::now() > deadline {
                 panic!(
@@ -418,6 +551,9 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(p) = self.inproc.take() {
+            p.shutdown.cancel();
         }
     }
 }

@@ -8,6 +8,7 @@ mod providers_mock;
 
 mod auth_limits;
 mod cli;
+mod in_process;
 mod inference;
 mod inference_upstream;
 mod lifecycle;
