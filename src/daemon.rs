@@ -240,6 +240,11 @@ impl Daemon {
         &self.store
     }
 
+    /// Where background writes run; [`Daemon::serve`] drains it before the store closes.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

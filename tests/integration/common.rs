@@ -38,6 +38,8 @@ pub const T0: i64 = 1_796_083_200_000;
 /// A daemon served in the test's process.
 pub struct InProc {
     pub clock: Clock,
+    pub tasks: spotd::tasks::Tasks,
+    pub store: spotd::store::Store,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -222,6 +224,7 @@ impl Daemon {
             .expect("bind");
         self.url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
+        let (tasks, store) = (daemon.tasks().clone(), daemon.store().clone());
         let task = tokio::spawn(daemon.serve(listener, shutdown.clone()));
         clock.settle().await.expect("start-up rounds");
         let read = |f: &str| {
@@ -236,6 +239,8 @@ impl Daemon {
         }
         self.inproc = Some(InProc {
             clock,
+            tasks,
+            store,
             shutdown,
             task,
         });
@@ -258,12 +263,17 @@ impl Daemon {
     /// A graceful stop of an in-process daemon: the API drains, the workers stop, every
     /// background write lands, the store closes.
     pub async fn stop_in_process(&mut self) {
-        let p = self.inproc.take().expect("an in-process daemon");
-        p.shutdown.cancel();
-        p.task
+        self.begin_stop()
             .await
             .expect("the daemon task")
             .expect("a clean stop");
+    }
+
+    /// Asks an in-process daemon to stop and answers its task, to await when wanted.
+    pub fn begin_stop(&mut self) -> tokio::task::JoinHandle<Result<(), String>> {
+        let p = self.inproc.take().expect("an in-process daemon");
+        p.shutdown.cancel();
+        p.task
     }
 
     /// Opens and serves the in-process daemon again on the same data dir and clock.

@@ -93,3 +93,85 @@ async fn a_simulated_hour_of_renting_bills_exactly() {
         wall.elapsed().as_secs_f64()
     );
 }
+
+/// Streams are charged in the background once they end; a graceful stop right after
+/// must wait for those charges (they were detached tasks the store closed under).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_loses_no_stream_charge() {
+    const STREAMS: usize = 24;
+    let mut d = Daemon::in_process("").await;
+    let key = d.demo_key.clone();
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+                      "messages": [{"role": "user", "content": "tell me a story"}]})
+    .to_string();
+    let calls = (0..STREAMS).map(|_| {
+        d.call_h(
+            hyper::Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            &[],
+            Some(body.clone().into_bytes()),
+        )
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(
+            r.body.as_str().unwrap_or("").contains("[DONE]"),
+            "{:?}",
+            r.body
+        );
+    }
+    // Stop at once, then open the same data dir again: every stream is charged.
+    d.stop_in_process().await;
+    d.restart_in_process().await;
+    let charged = d
+        .ledger(&key)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "charge" && e["request_id"].is_string())
+        .count();
+    assert_eq!(charged, STREAMS, "every answered stream is charged");
+    d.assert_books_balance(&key).await;
+}
+
+/// The daemon's background writes (stream charges, activity, redeploys) all run on its
+/// task tracker: a graceful stop waits for one still in flight, and only then closes the
+/// store, so its write lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_waits_for_a_background_write_in_flight() {
+    let mut d = Daemon::in_process("").await;
+    let (acct, _) = d.account("late", "1").await;
+    let (tx_started, rx_started) = tokio::sync::oneshot::channel::<()>();
+    let (tx_release, rx_release) = tokio::sync::oneshot::channel::<()>();
+    let p = d.inproc.as_ref().unwrap();
+    let (store, clock) = (p.store.clone(), p.clock.clone());
+    let note = Some("a late background write".to_string());
+    p.tasks.spawn(async move {
+        let _ = tx_started.send(());
+        let _ = rx_release.await;
+        spotd::accounts::add_credit(&store, &clock, &acct, Usd::from_dollars(7), note)
+            .await
+            .expect("the store is still open");
+    });
+    rx_started.await.unwrap();
+    let stop = d.begin_stop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !stop.is_finished(),
+        "the stop did not wait for the background write"
+    );
+    tx_release.send(()).unwrap();
+    stop.await.unwrap().expect("a clean stop");
+    d.restart_in_process().await;
+    let r = d
+        .get("/admin/v1/accounts?limit=100", &d.admin.clone())
+        .await;
+    let late = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "late")
+        .cloned()
+        .unwrap();
+    assert_eq!(usd(&late["balance"]), Usd::from_dollars(8), "{late}");
+}
