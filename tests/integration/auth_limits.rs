@@ -23,7 +23,7 @@ fn assert_openai_error(r: &crate::common::Resp, status: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_missing_wrong_revoked_and_admin_only() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let r = d.call(Method::GET, "/v1/credits", None, None).await;
     assert_openai_error(&r, 401);
     let r = d.get("/v1/credits", "sk-spotd-not-a-real-key").await;
@@ -67,7 +67,7 @@ async fn keys_missing_wrong_revoked_and_admin_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_with_retry_after() {
-    let d = Daemon::start("[limits]\nrequests_per_second = 1\nburst = 3\n");
+    let d = Daemon::in_process("[limits]\nrequests_per_second = 1\nburst = 3\n").await;
     let key = d.demo_key.clone();
     let mut limited = None;
     for _ in 0..10 {
@@ -89,7 +89,7 @@ async fn rate_limit_answers_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_400_or_413_and_changes_nothing() {
-    let d = Daemon::start("[limits]\nmax_body_bytes = 4096\n");
+    let d = Daemon::in_process("[limits]\nmax_body_bytes = 4096\n").await;
     let key = d.demo_key.clone();
     let send = |body: &'static [u8]| {
         d.call_h(

@@ -260,6 +260,16 @@ impl Daemon {
             .expect("the daemon settles");
     }
 
+    /// Lets `ms` of the daemon's time pass: the manual clock moves (rounded up to whole
+    /// seconds, each settled) for an in-process daemon, real time sleeps for a child.
+    pub async fn pass(&self, ms: u64) {
+        if self.inproc.is_some() {
+            self.advance(ms.div_ceil(1000)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+
     /// A graceful stop of an in-process daemon: the API drains, the workers stop, every
     /// background write lands, the store closes.
     pub async fn stop_in_process(&mut self) {
@@ -352,11 +362,25 @@ impl Daemon {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Resp {
-        let r = self
-            .client
-            .send(method, &format!("{}{}", self.url, path), key, headers, body)
-            .await
-            .expect("request");
+        let url = format!("{}{}", self.url, path);
+        let send = self.client.send(method, &url, key, headers, body);
+        // `Prefer: wait` holds the answer until the model is ready: on the manual clock
+        // that takes time moving, a second per step until the answer comes.
+        let waits = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("prefer"));
+        let r = if waits && self.inproc.is_some() {
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    r = &mut send => break r,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => self.advance(1).await,
+                }
+            }
+        } else {
+            send.await
+        }
+        .expect("request");
         let body = if r.body.is_empty() {
             Value::Null
         } else {

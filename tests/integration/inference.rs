@@ -71,7 +71,7 @@ async fn request_charges(d: &Daemon, key: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosted_models_are_instant_and_billed_per_token() {
-    let d = Daemon::start(FAST_MODELS);
+    let d = Daemon::in_process(FAST_MODELS).await;
     let key = d.demo_key.clone();
     let list = models(&d, &key).await;
     assert_eq!(availability(&list, "gpt-4o-mini"), "instant");
@@ -133,7 +133,7 @@ async fn hosted_models_are_instant_and_billed_per_token() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while request_charges(&d, &key).await.len() < 2 {
         assert!(Instant::now() < deadline, "stream never billed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        d.pass(100).await;
     }
     let charges = request_charges(&d, &key).await;
     assert_eq!(usd(&charges[0]["amount"]), -mini_cost(p, c));
@@ -163,7 +163,7 @@ async fn hosted_models_are_instant_and_billed_per_token() {
             Instant::now() < deadline,
             "include_usage stream never billed"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        d.pass(100).await;
     }
     // Unknown model: 404 model_not_found, nothing charged.
     let before = request_charges(&d, &key).await.len();
@@ -200,7 +200,7 @@ async fn hosted_models_are_instant_and_billed_per_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_then_ready_then_reaped_then_cold_again() {
-    let d = Daemon::start(FAST_MODELS);
+    let d = Daemon::in_process(FAST_MODELS).await;
     let key = d.demo_key.clone();
     // Many requests at once for one cold model start one deployment.
     let mut hs = Vec::new();
@@ -281,7 +281,7 @@ async fn cold_start_then_ready_then_reaped_then_cold_again() {
         }
         assert_eq!(r.status, 202, "{:?}", r.body);
         assert!(Instant::now() < deadline, "never became ready\n{}", d.log());
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        d.pass(500).await;
     };
     assert_eq!(ok.body["model"], COLD);
     assert_eq!(availability(&models(&d, &key).await, COLD), "instant");
@@ -304,7 +304,7 @@ async fn cold_start_then_ready_then_reaped_then_cold_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefer_wait_answers_with_the_completion_and_no_funds_is_402() {
-    let d = Daemon::start(FAST_MODELS);
+    let d = Daemon::in_process(FAST_MODELS).await;
     let key = d.demo_key.clone();
     let r = post_chat(&d, &key, COLD, &[("Prefer", "wait=60")]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -351,7 +351,7 @@ async fn prefer_wait_answers_with_the_completion_and_no_funds_is_402() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preempted_deployment_is_redeployed() {
-    let d = Daemon::start(FAST_MODELS);
+    let d = Daemon::in_process(FAST_MODELS).await;
     let key = d.demo_key.clone();
     let admin = d.admin.clone();
     let r = post_chat(&d, &key, COLD, &[("Prefer", "wait=60")]).await;
@@ -428,7 +428,7 @@ async fn a_preempted_deployment_is_redeployed() {
             l.body,
             d.log()
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.pass(300).await;
     }
     let r = post_chat(&d, &key, COLD, &[("Prefer", "wait=60")]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -445,7 +445,7 @@ async fn wait(d: &Daemon, key: &str) -> crate::common::Resp {
 /// model answers again, instead of staying "deploying" while billed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_follows_its_new_address_after_a_restart() {
-    let mut d = Daemon::start(FAST_MODELS);
+    let mut d = Daemon::in_process(FAST_MODELS).await;
     let key = d.demo_key.clone();
     let r = wait(&d, &key).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -458,8 +458,7 @@ async fn a_deployment_follows_its_new_address_after_a_restart() {
             .map(|r| r["endpoint"].as_str().unwrap().to_string())
     };
     let before = endpoint(&d.get("/v1/gpus/rentals", &key).await.body).expect("running");
-    d.stop();
-    d.restart();
+    d.restart_in_process().await;
     let r = wait(&d, &key).await;
     assert_eq!(r.status, 200, "{:?}\nlog:\n{}", r.body, d.log());
     let after = endpoint(&d.get("/v1/gpus/rentals", &key).await.body).expect("running");
@@ -479,7 +478,7 @@ async fn a_deployment_follows_its_new_address_after_a_restart() {
 /// if absent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_ids_with_a_slash_and_empty_query_values() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let key = d.demo_key.clone();
     let r = d.get(&format!("/v1/models/{COLD}"), &key).await;
     assert_eq!(r.status, 200, "{:?}", r.body);

@@ -1,7 +1,11 @@
 //! The integration tests: one test binary (one link instead of one per file, which
-//! keeps CI's disk and build time small). Each module starts the real `spotd` binary
-//! on 127.0.0.1:0 with a temp data dir (see `common`), or drives a provider adapter
-//! against a loopback mock (see `providers_mock`).
+//! keeps CI's disk and build time small). Most modules open the real daemon in this
+//! process on a manual clock and serve it on 127.0.0.1:0 with a temp data dir
+//! (`Daemon::in_process` in `common`): waiting means moving the clock, never sleeping.
+//! Those that need a real process (signals, kill -9, the CLI, systemd notify,
+//! packaging, provider keys read from the environment) start the `spotd` binary
+//! (`Daemon::start`); the provider adapters are driven against loopback mocks
+//! (`providers_mock`).
 
 mod common;
 mod providers_mock;

@@ -9,7 +9,7 @@ use spotd::money::{prorate, Usd};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_credit_terminates_before_available_goes_negative() {
     // A 2-second minimum session so the hold is small and the credit runs out fast.
-    let d = Daemon::start("[billing]\nmin_session_seconds = 2\n");
+    let d = Daemon::in_process("[billing]\nmin_session_seconds = 2\n").await;
     let admin = d.admin.clone();
     let (_, demo) = (0, d.demo_key.clone());
     let offer = cheapest(&d, &demo, "min_gpu_count=8&gpu=H100").await;
@@ -40,7 +40,7 @@ async fn running_out_of_credit_terminates_before_available_goes_negative() {
             "never ran out: {}",
             x.body
         );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        d.pass(250).await;
     };
     assert_eq!(end["termination_reason"], "insufficient_credit", "{end}");
     let cost = usd(&end["cost"]);
@@ -59,7 +59,7 @@ async fn running_out_of_credit_terminates_before_available_goes_negative() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_rent_and_credit() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let key = d.demo_key.clone();
     let admin = d.admin.clone();
     let offer = cheapest(&d, &key, "gpu=T4").await;
@@ -152,7 +152,7 @@ async fn idempotent_rent_and_credit() {
 /// lands in the database in clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_account_and_key_creation_never_store_the_secret() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let admin = d.admin.clone();
     let post = |path: String, idem: &'static str, body: serde_json::Value| {
         let admin = admin.clone();

@@ -103,7 +103,7 @@ fn assert_sorted(sort: &str, v: &[Value]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browse_every_page_without_duplicates_or_gaps() {
-    let d = Daemon::start(STILL);
+    let d = Daemon::in_process(STILL).await;
     let key = d.demo_key.clone();
     let everything = all(&d, &key, "").await;
     assert!(everything.len() >= 500, "only {} offers", everything.len());
@@ -139,7 +139,7 @@ async fn browse_every_page_without_duplicates_or_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_filter_returns_exactly_the_matching_offers() {
-    let d = Daemon::start(STILL);
+    let d = Daemon::in_process(STILL).await;
     let key = d.demo_key.clone();
     let everything = all(&d, &key, "").await;
     let expect = |pred: &dyn Fn(&Value) -> bool| -> BTreeSet<String> {
@@ -246,7 +246,7 @@ async fn every_filter_returns_exactly_the_matching_offers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sort_order_and_one_offer_by_id() {
-    let d = Daemon::start(STILL);
+    let d = Daemon::in_process(STILL).await;
     let key = d.demo_key.clone();
     let by_price = all(&d, &key, "").await;
     assert_sorted("price", &by_price);
@@ -355,14 +355,14 @@ async fn wait_for_refresh(d: &Daemon, before: &HashMap<String, String>) {
             return;
         }
         assert!(Instant::now() < deadline, "no refresh: {now:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        d.pass(200).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_stays_exact_while_offers_refresh() {
     // The fixture refreshes every 2 s with 2 % price drift.
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let key = d.demo_key.clone();
     let full = id_set(&all(&d, &key, "").await);
     let mut walked: Vec<Value> = Vec::new();

@@ -8,7 +8,7 @@ use spotd::money::{prorate, Usd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rent_run_teardown_bills_exactly_and_releases_the_hold() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let key = d.demo_key.clone();
     let (bal0, _, _) = d.assert_books_balance(&key).await;
     assert_eq!(bal0, Usd::from_dollars(100));
@@ -46,7 +46,7 @@ async fn rent_run_teardown_bills_exactly_and_releases_the_hold() {
         .await;
     assert!(running["started_at"].is_string());
     // Let it run across a few metering steps.
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    d.pass(3500).await;
     let mid = d.get(&format!("/v1/gpus/rentals/{id}"), &key).await;
     assert!(
         usd(&mid.body["cost"]) > Usd::ZERO,
@@ -97,7 +97,7 @@ async fn rent_run_teardown_bills_exactly_and_releases_the_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_funds_is_402_and_nothing_is_rented() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let (_, key) = d.account("poor", "0.01").await;
     let offer = cheapest(&d, &key, "gpu=H100&min_gpu_count=8").await;
     let r = d
@@ -115,7 +115,7 @@ async fn no_funds_is_402_and_nothing_is_rented() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rent_by_criteria_picks_the_cheapest_fit_and_others_get_404() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let key = d.demo_key.clone();
     let best = cheapest(&d, &key, "gpu=a100").await;
     let max = usd(&best["price_per_hour"]) + Usd(1_000_000);
@@ -166,13 +166,15 @@ async fn rent_by_criteria_picks_the_cheapest_fit_and_others_get_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rentals_list_pages_newest_first_with_a_cursor() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let key = d.demo_key.clone();
     let mut ids = Vec::new();
     for _ in 0..3 {
         let r = d.post("/v1/gpus/rentals", &key, json!({"gpu": "T4"})).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         ids.push(r.body["id"].as_str().unwrap().to_string());
+        // The list is ordered by creation time (then id): one second apart.
+        d.pass(1000).await;
     }
     let p1 = d.get("/v1/gpus/rentals?limit=2", &key).await;
     assert_eq!(p1.status, 200, "{:?}", p1.body);
