@@ -279,7 +279,7 @@ pub fn hold_for(price_per_hour: Usd, min_session_seconds: u64) -> Usd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{Offer, RentalState};
     use crate::store::{Store, StoreError};
@@ -305,7 +305,7 @@ mod tests {
         }
     }
 
-    fn rental(price: Usd, hold: Usd) -> Rental {
+    pub(crate) fn rental(price: Usd, hold: Usd) -> Rental {
         Rental {
             id: "rnt_t".into(),
             account_id: "acct_t".into(),

@@ -420,12 +420,8 @@ impl Rentals {
                 let mut a = tx
                     .account(&account_id)?
                     .ok_or_else(|| Error::Unauthorized("the account no longer exists".into()))?;
-                let active = tx
-                    .active_rentals()?
-                    .iter()
-                    .filter(|r| r.account_id == account_id)
-                    .count();
-                if active as u64 >= u64::from(cfg.max_active_rentals_per_account) {
+                let active = tx.count_active(&account_id)?;
+                if active >= u64::from(cfg.max_active_rentals_per_account) {
                     return Err(Error::conflict(
                         "too_many_rentals",
                         format!(

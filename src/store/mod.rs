@@ -68,6 +68,8 @@ const MAX_BATCH: usize = 512;
 pub struct Store {
     db: Arc<Database>,
     jobs: mpsc::Sender<Job>,
+    /// Group commits made so far (one fsync each).
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -98,6 +100,7 @@ impl Store {
             txn.open_table(RENTALS)?;
             txn.open_table(ACCOUNT_RENTALS)?;
             txn.open_table(ACTIVE_RENTALS)?;
+            txn.open_table(ACCOUNT_ACTIVE)?;
             txn.open_table(LEDGER)?;
             txn.open_table(IDEMPOTENCY)?;
             {
@@ -111,6 +114,10 @@ impl Store {
                         meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                     }
                     Some(v) if v == SCHEMA_VERSION => {}
+                    Some(1) => {
+                        migrate_1_to_2(&txn)?;
+                        meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
+                    }
                     Some(v) => {
                         return Err(StoreError::Db(format!(
                             "database schema version {v} is not supported by this spotd (expects {SCHEMA_VERSION})"
@@ -123,11 +130,17 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let wdb = db.clone();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let wcommits = commits.clone();
         std::thread::Builder::new()
             .name("spotd-store-writer".into())
-            .spawn(move || writer_loop(wdb, rx))
+            .spawn(move || writer_loop(wdb, rx, &wcommits))
             .map_err(|e| StoreError::Db(format!("cannot start writer thread: {e}")))?;
-        Ok(Store { db, jobs: tx })
+        Ok(Store {
+            db,
+            jobs: tx,
+            commits,
+        })
     }
 
     /// Runs `f` inside the next group commit and returns its result once durable.
@@ -220,6 +233,11 @@ impl Store {
         }
     }
 
+    /// How many group commits the writer has made (each one fsync).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A synchronous read, for code already off the executor (start-up, benches).
     pub fn read_blocking<R, E, F>(&self, f: F) -> Result<R, E>
     where
@@ -231,7 +249,21 @@ impl Store {
     }
 }
 
-fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>) {
+/// Schema 1 -> 2: `account_active` from `active_rentals` (one pass over live rentals).
+fn migrate_1_to_2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let active = txn.open_table(ACTIVE_RENTALS)?;
+    let rentals = txn.open_table(RENTALS)?;
+    let mut by_account = txn.open_table(ACCOUNT_ACTIVE)?;
+    for item in active.iter()? {
+        let (k, _) = item?;
+        if let Some(r) = get_rec::<Rental>(&rentals, k.value())? {
+            by_account.insert((r.account_id.as_str(), r.id.as_str()), ())?;
+        }
+    }
+    Ok(())
+}
+
+fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>, commits: &std::sync::atomic::AtomicU64) {
     let mut stop: Option<std::sync::mpsc::Sender<()>> = None;
     while let Ok(first) = rx.recv() {
         let mut pending = Vec::new();
@@ -246,7 +278,7 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&db, pending);
+        run_batch(&db, pending, commits);
         if stop.is_some() {
             break;
         }
@@ -259,7 +291,7 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn run_batch(db: &Database, pending: Vec<Op>) {
+fn run_batch(db: &Database, pending: Vec<Op>, commits: &std::sync::atomic::AtomicU64) {
     if pending.is_empty() {
         return;
     }
@@ -317,6 +349,7 @@ fn run_batch(db: &Database, pending: Vec<Op>) {
                 continue;
             }
             let res = txn.commit().map_err(StoreError::from);
+            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for c in done {
                 c(res.clone());
             }
@@ -451,6 +484,20 @@ macro_rules! reads {
                 }
                 Ok(out)
             }
+            /// How many of the account's rentals are not yet terminal (an index range:
+            /// O(that account's live rentals)).
+            pub fn count_active(&self, account: &str) -> Result<u64, StoreError> {
+                let t = self.txn.open_table(ACCOUNT_ACTIVE)?;
+                let mut n = 0;
+                for item in t.range((account, "")..)? {
+                    let (k, _) = item?;
+                    if k.value().0 != account {
+                        break;
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            }
             /// Ledger entries newest first, strictly before `before_seq` when given.
             pub fn ledger(
                 &self,
@@ -542,10 +589,14 @@ impl Tx<'_> {
             .open_table(ACCOUNT_RENTALS)?
             .insert((r.account_id.as_str(), r.created_at, r.id.as_str()), ())?;
         let mut active = self.txn.open_table(ACTIVE_RENTALS)?;
+        let mut by_account = self.txn.open_table(ACCOUNT_ACTIVE)?;
+        let key = (r.account_id.as_str(), r.id.as_str());
         if r.state.is_terminal() {
             active.remove(r.id.as_str())?;
+            by_account.remove(key)?;
         } else {
             active.insert(r.id.as_str(), ())?;
+            by_account.insert(key, ())?;
         }
         Ok(())
     }
@@ -677,5 +728,65 @@ mod tests {
         let store = Store::open(&p).unwrap();
         let v: Option<u8> = store.read_blocking(|rx| rx.meta("x")).unwrap();
         assert_eq!(v, Some(5));
+    }
+
+    /// The per-account live-rental index follows every state change, and a schema-1
+    /// database (no index) gets it built on open.
+    #[test]
+    fn count_active_follows_states_and_is_built_for_a_schema_1_database() {
+        use crate::model::RentalState;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.redb");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = Store::open(&p).unwrap();
+        let mk = |id: &str, acct: &str, state: RentalState| {
+            let mut r = crate::ledger::tests::rental(crate::money::Usd(1), crate::money::Usd(0));
+            (r.id, r.account_id, r.state) = (id.into(), acct.into(), state);
+            r
+        };
+        let rentals = [
+            mk("rnt_a1", "acct_a", RentalState::Running),
+            mk("rnt_a2", "acct_a", RentalState::Provisioning),
+            mk("rnt_a3", "acct_a", RentalState::Terminated),
+            mk("rnt_b1", "acct_b", RentalState::Terminating),
+        ];
+        rt.block_on(store.write(move |tx| rentals.iter().try_for_each(|r| tx.put_rental(r))))
+            .unwrap();
+        let counts = |store: &Store| {
+            store
+                .read_blocking(|rx| {
+                    Ok::<_, StoreError>((
+                        rx.count_active("acct_a")?,
+                        rx.count_active("acct_b")?,
+                        rx.count_active("acct_")?,
+                    ))
+                })
+                .unwrap()
+        };
+        assert_eq!(counts(&store), (2, 1, 0));
+        let mut done = mk("rnt_a1", "acct_a", RentalState::Terminated);
+        done.created_at = 0;
+        rt.block_on(store.write(move |tx| tx.put_rental(&done)))
+            .unwrap();
+        assert_eq!(counts(&store), (1, 1, 0));
+        store.close();
+
+        // Make it a schema-1 database: no index, version 1.
+        {
+            let db = Database::create(&p).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(ACCOUNT_ACTIVE).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", codec::encode(&1u32).unwrap().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&p).unwrap();
+        assert_eq!(counts(&store), (1, 1, 0), "built from active_rentals");
+        let v: Option<u32> = store.read_blocking(|rx| rx.meta("schema_version")).unwrap();
+        assert_eq!(v, Some(SCHEMA_VERSION));
     }
 }

@@ -18,10 +18,15 @@ pub const ACCOUNT_RENTALS: TableDefinition<(&str, i64, &str), ()> =
     TableDefinition::new("account_rentals");
 /// Rental id -> (): rentals not yet in a terminal state, the workers' to-do list.
 pub const ACTIVE_RENTALS: TableDefinition<&str, ()> = TableDefinition::new("active_rentals");
+/// (account id, rental id) -> (): each account's rentals not yet terminal (schema 2), so
+/// the per-account limit counts that account's live rentals, not everyone's.
+pub const ACCOUNT_ACTIVE: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("account_active");
 /// (account id, seq) -> `LedgerEntry`.
 pub const LEDGER: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ledger");
 /// (scope, idempotency key) -> `IdempotencyRecord`.
 pub const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
 
-/// Bumped when a table's key or value layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped when a table's key or value layout changes, or a table is added that must be
+/// built from the others (`Store::open` migrates: 1 -> 2 builds `account_active`).
+pub const SCHEMA_VERSION: u32 = 2;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{parse_rfc3339, Millis, Signal, Ticker};
@@ -90,7 +91,9 @@ pub async fn sync_once(rs: &Rentals) -> usize {
         let by_id: HashMap<&str, &Instance> = list.iter().map(|i| (i.id.as_str(), i)).collect();
         let by_label: HashMap<&str, &Instance> =
             list.iter().map(|i| (i.label.as_str(), i)).collect();
-        for r in rentals {
+        // Every rental's step at once: their writes reach the store together and
+        // share one group commit instead of one fsync each.
+        let steps = rentals.into_iter().map(|r| {
             let inst = r
                 .instance_id
                 .as_deref()
@@ -98,10 +101,9 @@ pub async fn sync_once(rs: &Rentals) -> usize {
                 .or_else(|| by_label.get(r.id.as_str()))
                 .copied();
             let step = decide(rs, &r, inst, rs.clock.now());
-            if apply(rs, r, step).await {
-                changed += 1;
-            }
-        }
+            apply(rs, r, step)
+        });
+        changed += join_all(steps).await.into_iter().filter(|c| *c).count();
     }
     changed
 }
@@ -341,25 +343,20 @@ pub async fn meter_once(rs: &Rentals) -> Result<usize> {
         .collect();
     let step = rs.cfg.metering_interval_seconds;
     let mut out_of_credit = Vec::new();
-    for r in &running {
-        let res = rs
-            .update(&r.id, None, move |tx, a, r, now| {
-                if r.state != RentalState::Running {
-                    return Ok(Metered::Ok);
-                }
-                let m = ledger::meter(tx, a, r, now, Some(step), now)?;
-                if m == Metered::OutOfCredit {
-                    lifecycle::begin_teardown(
-                        tx,
-                        a,
-                        r,
-                        TerminationReason::InsufficientCredit,
-                        now,
-                    )?;
-                }
-                Ok(m)
-            })
-            .await;
+    // One update per rental, all at once: the writer groups them into one commit.
+    let updates = running.iter().map(|r| {
+        rs.update(&r.id, None, move |tx, a, r, now| {
+            if r.state != RentalState::Running {
+                return Ok(Metered::Ok);
+            }
+            let m = ledger::meter(tx, a, r, now, Some(step), now)?;
+            if m == Metered::OutOfCredit {
+                lifecycle::begin_teardown(tx, a, r, TerminationReason::InsufficientCredit, now)?;
+            }
+            Ok(m)
+        })
+    });
+    for (r, res) in running.iter().zip(join_all(updates).await) {
         match res {
             Ok((r, Metered::OutOfCredit)) => out_of_credit.push(r),
             Ok(_) => {}

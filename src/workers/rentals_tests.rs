@@ -716,3 +716,42 @@ async fn max_duration_and_idle_limits_tear_down_at_the_limit() {
     assert_eq!(a.held, Usd::ZERO);
     assert_eq!(a.balance, CREDIT - prorate(PRICE, 60) - prorate(PRICE, 220));
 }
+
+/// A metering round and a sync round over many running rentals are each one batch of
+/// writes the store groups into (about) one commit, not one fsync per rental.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_over_many_rentals_is_one_group_commit() {
+    const N: usize = 8;
+    let h = harness(CREDIT).await;
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        let r = h.rs.rent(&h.account, rent_o1()).await.unwrap();
+        h.fake.set_state(
+            r.instance_id.as_deref().unwrap(),
+            InstanceState::Running,
+            None,
+        );
+        ids.push(r.id);
+    }
+    sync_once(&h.rs).await;
+    h.clock.advance(30_000);
+    let before = h.rs.store.commits();
+    assert_eq!(meter_once(&h.rs).await.unwrap(), N);
+    let meter_commits = h.rs.store.commits() - before;
+    for id in &ids {
+        assert_eq!(h.rental(id).await.cost, prorate(PRICE, 30));
+    }
+    // Every rental is due a seen_running_at write.
+    h.clock.advance(10_000);
+    let before = h.rs.store.commits();
+    sync_once(&h.rs).await;
+    let sync_commits = h.rs.store.commits() - before;
+    for id in &ids {
+        assert_eq!(h.rental(id).await.seen_running_at, Some(h.clock.now()));
+    }
+    assert!(meter_commits >= 1 && sync_commits >= 1);
+    assert!(
+        meter_commits <= 2 && sync_commits <= 2,
+        "{N} rentals: metering took {meter_commits} commits, sync {sync_commits}"
+    );
+}
