@@ -1,7 +1,8 @@
 //! A small HTTP/1 client over hyper for JSON calls: providers, the CLI, tests.
 //!
-//! Every call has a timeout; bodies are read whole up to a limit. Streaming proxying
-//! uses hyper directly. Both `http://` (sandbox, mocks, loopback) and `https://` (the
+//! Every call has a timeout; bodies are read whole up to a limit. Proxying streams the
+//! answer instead ([`HttpClient::post_streaming`] -> [`Upstream`], a status and a stream
+//! of body chunks, so the code that proxies never touches hyper types). Both `http://` (sandbox, mocks, loopback) and `https://` (the
 //! real provider APIs) URLs work: TLS is rustls with the ring provider and the built-in
 //! webpki roots, so a static binary needs no certificate store from the host.
 
@@ -110,21 +111,30 @@ impl HttpClient {
         }
     }
 
-    /// Sends a request and answers as soon as the response headers arrive (within the
-    /// timeout); the body streams from the returned response. Dropping the response
-    /// cancels the request. For proxying.
-    pub async fn send_streaming(
+    /// POSTs `body` (JSON) and answers as soon as the response headers arrive (within
+    /// `timeout`); the body streams from the returned [`Upstream`]. Dropping it cancels
+    /// the request. For proxying.
+    pub async fn post_streaming(
         &self,
-        method: Method,
         url: &str,
         bearer: Option<&str>,
-        extra_headers: &[(&str, &str)],
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
-        let req = build_request(method, url, bearer, extra_headers, Some(body))?;
+    ) -> Result<Upstream, HttpError> {
+        let req = build_request(Method::POST, url, bearer, &[], Some(body))?;
         match tokio::time::timeout(timeout, self.inner.request(req)).await {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                let content_type = r
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Ok(Upstream {
+                    status: r.status().as_u16(),
+                    content_type,
+                    body: Chunks(r.into_body()),
+                })
+            }
             Ok(Err(e)) => Err(HttpError::Transport(describe(&e))),
             Err(_) => Err(HttpError::Timeout(timeout)),
         }
@@ -146,6 +156,60 @@ impl HttpClient {
 
     pub async fn delete(&self, url: &str, bearer: Option<&str>) -> Result<HttpResponse, HttpError> {
         self.send(Method::DELETE, url, bearer, &[], None).await
+    }
+}
+
+/// An answer being received: its status and content type, and its body as a stream of
+/// chunks (see [`Chunks`]).
+pub struct Upstream {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Chunks,
+}
+
+impl Upstream {
+    /// True for server-sent events.
+    pub fn is_event_stream(&self) -> bool {
+        self.content_type
+            .as_deref()
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    }
+
+    /// The whole body, refused past `max` bytes.
+    pub async fn bytes(self, max: usize) -> Result<Bytes, String> {
+        Limited::new(self.body.0, max)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A response body as a stream of data chunks (trailers and other frames are skipped).
+pub struct Chunks(hyper::body::Incoming);
+
+impl futures_util::Stream for Chunks {
+    type Item = Result<Bytes, String>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use hyper::body::Body;
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            match std::pin::Pin::new(&mut this.0).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.to_string()))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+            }
+        }
     }
 }
 

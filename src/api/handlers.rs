@@ -97,10 +97,16 @@ pub async fn inference(
         }
         _ => return None,
     };
+    let prefer = ctx
+        .headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
     Some(
         app.inference
-            .handle(&account.id, ep, &ctx.body, prefer_wait(&ctx.headers))
-            .await,
+            .handle(&account.id, ep, &ctx.body, prefer_wait(prefer))
+            .await
+            .map(super::answer::render),
     )
 }
 

@@ -5,6 +5,7 @@
 //! their headers within `limits.header_read_timeout_seconds`; on shutdown the server
 //! stops accepting and gives in-flight requests a bounded time to finish.
 
+mod answer;
 pub mod error;
 mod handlers;
 mod metrics;

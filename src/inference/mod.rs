@@ -18,15 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::api::Body;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::http_client::{HttpClient, HttpError};
+use crate::http_client::{HttpClient, HttpError, Upstream};
 use crate::ids;
 use crate::ledger;
 use crate::market::{Market, OfferFilter};
@@ -86,6 +82,24 @@ enum Status {
     Ready(Rental),
     Deploying(Rental),
     Cold,
+}
+
+/// What an inference request answers; `api` alone turns it into an HTTP response.
+pub enum Answer {
+    /// A JSON body as the upstream sent it, with its status.
+    Json {
+        status: u16,
+        body: Bytes,
+        request_id: String,
+    },
+    /// Server-sent events passed on chunk by chunk; the stream's end settles its bill.
+    Events {
+        status: u16,
+        events: SseMeter,
+        request_id: String,
+    },
+    /// The model is being deployed: ready in about `eta_seconds`.
+    Deploying { model: String, eta_seconds: u64 },
 }
 
 pub struct Inference {
@@ -359,7 +373,7 @@ impl Inference {
         ep: Endpoint,
         body: &[u8],
         prefer_wait: Option<u64>,
-    ) -> Result<Response<Body>> {
+    ) -> Result<Answer> {
         let mut req: Value = serde_json::from_slice(body)
             .map_err(|e| Error::bad(format!("invalid JSON body: {e}")))?;
         if !req.is_object() {
@@ -401,10 +415,14 @@ impl Inference {
                 }
                 match status {
                     Status::Ready(r) => self.proxy_deployment(ep, &r, &req, stream).await,
-                    Status::Deploying(r) => Ok(deploying_response(&c.id, self.eta(&r))),
-                    Status::Cold => {
-                        Ok(deploying_response(&c.id, self.cfg.estimated_deploy_seconds))
-                    }
+                    Status::Deploying(r) => Ok(Answer::Deploying {
+                        model: c.id.clone(),
+                        eta_seconds: self.eta(&r),
+                    }),
+                    Status::Cold => Ok(Answer::Deploying {
+                        model: c.id.clone(),
+                        eta_seconds: self.cfg.estimated_deploy_seconds,
+                    }),
                 }
             }
         }
@@ -417,7 +435,7 @@ impl Inference {
         h: &HostedModel,
         req: &mut Value,
         stream: bool,
-    ) -> Result<Response<Body>> {
+    ) -> Result<Answer> {
         let acct = crate::accounts::get_account(&self.store, account).await?;
         if acct.available() <= crate::money::Usd::ZERO {
             return Err(Error::InsufficientCredit(
@@ -452,11 +470,11 @@ impl Inference {
             request_id: request_id.clone(),
             prompt_words,
         };
-        if stream && is_sse(&resp) {
-            let (parts, incoming) = resp.into_parts();
+        if stream && resp.is_event_stream() {
+            let status = resp.status;
             let tasks = self.tasks.clone();
             let meter = SseMeter::new(
-                incoming,
+                resp.body,
                 !client_wants_usage,
                 Box::new(move |o| {
                     let usage = o.usage.unwrap_or(Usage {
@@ -472,7 +490,11 @@ impl Inference {
                     tasks.spawn(billing.charge(usage, note));
                 }),
             );
-            return Ok(sse_response(parts.status, meter.boxed(), &request_id));
+            return Ok(Answer::Events {
+                status,
+                events: meter,
+                request_id,
+            });
         }
         let (status, bytes) = read_all(resp).await?;
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
@@ -480,7 +502,11 @@ impl Inference {
                 billing.charge(u, None).await;
             }
         }
-        Ok(raw_json(status, bytes, &request_id))
+        Ok(Answer::Json {
+            status,
+            body: bytes,
+            request_id,
+        })
     }
 
     async fn proxy_deployment(
@@ -489,7 +515,7 @@ impl Inference {
         r: &Rental,
         req: &Value,
         stream: bool,
-    ) -> Result<Response<Body>> {
+    ) -> Result<Answer> {
         let endpoint = r
             .endpoint
             .clone()
@@ -509,16 +535,24 @@ impl Inference {
                 return Err(e);
             }
         };
-        if stream && is_sse(&resp) {
-            let (parts, incoming) = resp.into_parts();
+        if stream && resp.is_event_stream() {
+            let status = resp.status;
             let rental = r.id.clone();
-            let meter = SseMeter::new(incoming, false, Box::new(move |_| act.end(&rental)));
-            return Ok(sse_response(parts.status, meter.boxed(), &request_id));
+            let meter = SseMeter::new(resp.body, false, Box::new(move |_| act.end(&rental)));
+            return Ok(Answer::Events {
+                status,
+                events: meter,
+                request_id,
+            });
         }
         let out = read_all(resp).await;
         act.end(&r.id);
         let (status, bytes) = out?;
-        Ok(raw_json(status, bytes, &request_id))
+        Ok(Answer::Json {
+            status,
+            body: bytes,
+            request_id,
+        })
     }
 
     fn activity_handle(&self) -> ActivityHandle {
@@ -538,10 +572,10 @@ impl Inference {
         key: Option<&str>,
         body: Vec<u8>,
         who: &str,
-    ) -> Result<Response<hyper::body::Incoming>> {
+    ) -> Result<Upstream> {
         let resp = self
             .client
-            .send_streaming(Method::POST, url, key, &[], body, self.cfg.upstream_timeout)
+            .post_streaming(url, key, body, self.cfg.upstream_timeout)
             .await
             .map_err(|e| match e {
                 HttpError::Timeout(d) => Error::GatewayTimeout(format!(
@@ -550,8 +584,8 @@ impl Inference {
                 )),
                 other => Error::BadGateway(format!("the upstream ({who}) failed: {other}")),
             })?;
-        if resp.status().is_server_error() {
-            let status = resp.status();
+        if resp.status >= 500 {
+            let status = resp.status;
             let (_, bytes) = read_all(resp).await.unwrap_or((status, Bytes::new()));
             let msg = serde_json::from_slice::<Value>(&bytes)
                 .ok()
@@ -684,70 +718,20 @@ fn prompt_words(req: &Value) -> u64 {
     n
 }
 
-fn is_sse(r: &Response<hyper::body::Incoming>) -> bool {
-    r.headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-async fn read_all(r: Response<hyper::body::Incoming>) -> Result<(StatusCode, Bytes)> {
-    let status = r.status();
-    let bytes = http_body_util::Limited::new(r.into_body(), MAX_UPSTREAM_BODY)
-        .collect()
+async fn read_all(r: Upstream) -> Result<(u16, Bytes)> {
+    let status = r.status;
+    let bytes = r
+        .bytes(MAX_UPSTREAM_BODY)
         .await
-        .map_err(|e| Error::BadGateway(format!("reading the upstream answer: {e}")))?
-        .to_bytes();
+        .map_err(|e| Error::BadGateway(format!("reading the upstream answer: {e}")))?;
     Ok((status, bytes))
 }
 
-fn with_request_id(mut r: Response<Body>, request_id: &str) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        r.headers_mut().insert("x-request-id", v);
-    }
-    r
-}
-
-fn raw_json(status: StatusCode, bytes: Bytes, request_id: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed());
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    with_request_id(r, request_id)
-}
-
-fn sse_response(status: StatusCode, body: Body, request_id: &str) -> Response<Body> {
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert("cache-control", HeaderValue::from_static("no-cache"));
-    with_request_id(r, request_id)
-}
-
-/// 202 + Retry-After + the body of SPEC section 3.
-pub fn deploying_response(model: &str, eta: u64) -> Response<Body> {
-    let minutes = eta.div_ceil(60).max(1);
-    let v = json!({
-        "status": "deploying",
-        "message": format!("Model '{model}' is being deployed on a spot GPU. Estimated ready in ~{minutes} minute{}.", if minutes == 1 { "" } else { "s" }),
-        "type": "model_deploying",
-        "estimated_ready_seconds": eta,
-    });
-    let mut r = raw_json(StatusCode::ACCEPTED, Bytes::from(v.to_string()), "");
-    r.headers_mut().remove("x-request-id");
-    if let Ok(h) = HeaderValue::from_str(&eta.to_string()) {
-        r.headers_mut().insert(RETRY_AFTER, h);
-    }
-    r
-}
-
-/// `Prefer: wait=N` (RFC 7240), among other preferences.
-pub fn prefer_wait(headers: &hyper::HeaderMap) -> Option<u64> {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+/// `Prefer: wait=N` (RFC 7240), among other preferences: the values of every `Prefer`
+/// header of the request.
+pub fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u64> {
+    values
+        .into_iter()
         .flat_map(|v| v.split(','))
         .find_map(|p| {
             // A preference may carry parameters after ';' (RFC 7240 section 2).
@@ -766,24 +750,17 @@ mod tests {
 
     #[test]
     fn prefer_wait_parses_rfc7240() {
-        let mut h = hyper::HeaderMap::new();
-        assert_eq!(prefer_wait(&h), None);
-        h.insert("prefer", HeaderValue::from_static("respond-async, wait=30"));
-        assert_eq!(prefer_wait(&h), Some(30));
-        h.insert("prefer", HeaderValue::from_static("wait=100000"));
-        assert_eq!(prefer_wait(&h), Some(900));
-        h.insert("prefer", HeaderValue::from_static("wait=soon"));
-        assert_eq!(prefer_wait(&h), None);
-        h.insert(
-            "prefer",
-            HeaderValue::from_static("wait=10; foo=bar, return=minimal"),
+        assert_eq!(prefer_wait([]), None);
+        assert_eq!(prefer_wait(["respond-async, wait=30"]), Some(30));
+        assert_eq!(prefer_wait(["wait=100000"]), Some(900));
+        assert_eq!(prefer_wait(["wait=soon"]), None);
+        assert_eq!(prefer_wait(["wait=10; foo=bar, return=minimal"]), Some(10));
+        assert_eq!(
+            prefer_wait(["handling=lenient;wait=3"]),
+            None,
+            "a parameter of another preference"
         );
-        assert_eq!(prefer_wait(&h), Some(10));
-        h.insert(
-            "prefer",
-            HeaderValue::from_static("handling=lenient;wait=3"),
-        );
-        assert_eq!(prefer_wait(&h), None, "a parameter of another preference");
+        assert_eq!(prefer_wait(["handling=lenient", "wait=4"]), Some(4));
     }
 
     #[test]
@@ -792,12 +769,5 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "two words"}]}]});
         assert_eq!(prompt_words(&v), 5);
         assert_eq!(prompt_words(&json!({"input": ["a b", "c"]})), 3);
-    }
-
-    #[test]
-    fn deploying_body_matches_the_spec() {
-        let r = deploying_response("m", 300);
-        assert_eq!(r.status(), StatusCode::ACCEPTED);
-        assert_eq!(r.headers()[RETRY_AFTER], "300");
     }
 }

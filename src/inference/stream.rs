@@ -1,4 +1,4 @@
-//! A pass-through body for proxied server-sent events that watches what goes by.
+//! A pass-through stream of proxied server-sent events that watches what goes by.
 //!
 //! Events are forwarded as soon as each one is complete (never the whole answer), the
 //! `usage` of the final chunk is captured for billing (and dropped when the client did
@@ -11,11 +11,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
+use futures_util::Stream;
 use serde_json::Value;
 
-use crate::api::BoxError;
+use crate::http_client::Chunks;
 
 /// One server-sent event larger than this ends the stream (an upstream that never
 /// separates events must not grow the buffer without bound).
@@ -56,8 +55,10 @@ pub struct Outcome {
 
 pub type OnEnd = Box<dyn FnOnce(Outcome) + Send + Sync>;
 
+/// The events of an upstream stream, as chunks to pass on (each ends on an event
+/// boundary), with `on_end` told how it went.
 pub struct SseMeter {
-    inner: Incoming,
+    inner: Chunks,
     strip_usage: bool,
     buf: Vec<u8>,
     outcome: Outcome,
@@ -65,7 +66,7 @@ pub struct SseMeter {
 }
 
 impl SseMeter {
-    pub fn new(inner: Incoming, strip_usage: bool, on_end: OnEnd) -> SseMeter {
+    pub fn new(inner: Chunks, strip_usage: bool, on_end: OnEnd) -> SseMeter {
         SseMeter {
             inner,
             strip_usage,
@@ -73,10 +74,6 @@ impl SseMeter {
             outcome: Outcome::default(),
             on_end: Some(on_end),
         }
-    }
-
-    pub fn boxed(self) -> crate::api::Body {
-        BodyExt::boxed(self)
     }
 
     fn finish(&mut self, completed: bool) {
@@ -159,37 +156,33 @@ fn find_event_end(b: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-impl Body for SseMeter {
-    type Data = Bytes;
-    type Error = BoxError;
+impl Stream for SseMeter {
+    type Item = Result<Bytes, String>;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.on_end.is_none() {
+            return Poll::Ready(None);
+        }
         loop {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        this.buf.extend_from_slice(&data);
-                        let out = this.drain_events(false);
-                        if this.buf.len() > MAX_EVENT_BYTES {
-                            this.finish(false);
-                            return Poll::Ready(Some(Err(
-                                "the upstream sent an event larger than 1 MiB".into(),
-                            )));
-                        }
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
+                Poll::Ready(Some(Ok(data))) => {
+                    this.buf.extend_from_slice(&data);
+                    let out = this.drain_events(false);
+                    if this.buf.len() > MAX_EVENT_BYTES {
+                        this.finish(false);
+                        return Poll::Ready(Some(Err(
+                            "the upstream sent an event larger than 1 MiB".into(),
+                        )));
                     }
-                    Err(other) => return Poll::Ready(Some(Ok(other.map_data(|d| d)))),
-                },
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(out))));
+                    }
+                }
                 Poll::Ready(Some(Err(e))) => {
                     this.finish(false);
-                    return Poll::Ready(Some(Err(Box::new(e))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
                     let out = this.drain_events(true);
@@ -197,7 +190,7 @@ impl Body for SseMeter {
                     if out.is_empty() {
                         return Poll::Ready(None);
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    return Poll::Ready(Some(Ok(Bytes::from(out))));
                 }
             }
         }
