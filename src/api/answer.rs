@@ -26,11 +26,8 @@ pub fn render(a: Answer) -> Response<Body> {
             events,
             request_id,
         } => {
-            let frames = events.map(|chunk| {
-                chunk
-                    .map(Frame::data)
-                    .map_err(|e| -> BoxError { e.into() })
-            });
+            let frames =
+                events.map(|chunk| chunk.map(Frame::data).map_err(|e| -> BoxError { e.into() }));
             let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
             *r.status_mut() = status_of(status);
             let h = r.headers_mut();
