@@ -155,6 +155,89 @@ mod tests {
         assert_eq!(r.api_key, None);
     }
 
+    /// `fixtures/sandbox-clouds-v1.redb`: the sandbox file of spotd 0.1.0, written by
+    /// [`regenerate_fixture`]. Frozen, like `fixtures/spotd-v1.redb`.
+    fn fixture_path() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sandbox-clouds-v1.redb")
+    }
+
+    /// What the fixture holds, in key order (cloud, instance id).
+    fn fixture_records() -> Vec<InstanceRecord> {
+        let base = InstanceRecord {
+            cloud: "cumulus".into(),
+            id: "cumulus-000001".into(),
+            seq: 1,
+            offer_id: "cu-a100-1x".into(),
+            label: "rnt_fixturerunning01".into(),
+            image: Some("ubuntu:24.04".into()),
+            model: None,
+            created_at: 1_800_000_000_000,
+            ready_at: 1_800_000_020_000,
+            preempt_at: None,
+            deleted_at: None,
+            api_key: None,
+        };
+        vec![
+            base.clone(),
+            InstanceRecord {
+                cloud: "nimbus".into(),
+                id: "nimbus-000003".into(),
+                seq: 3,
+                offer_id: "nb-h100-1x".into(),
+                label: "rnt_fixturemodel0001".into(),
+                image: None,
+                model: Some("meta-llama/Llama-3.1-8B-Instruct".into()),
+                preempt_at: Some(1_800_003_600_000),
+                api_key: Some("sk-deploy-fixture".into()),
+                ..base.clone()
+            },
+            InstanceRecord {
+                cloud: "strato".into(),
+                id: "strato-000002".into(),
+                seq: 2,
+                offer_id: "st-l40s-2x".into(),
+                label: "rnt_fixtureended0001".into(),
+                deleted_at: Some(1_800_000_123_000),
+                ..base
+            },
+        ]
+    }
+
+    /// Regenerates the sandbox fixture (with spotd's: `-- --ignored regenerate_fixture`).
+    #[test]
+    #[ignore = "writes fixtures/sandbox-clouds-v1.redb; run by hand"]
+    fn regenerate_fixture() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("clouds.redb");
+        let (s, _) = SandboxStore::open(&tmp).unwrap();
+        for r in fixture_records() {
+            s.put(&r, Some(r.seq)).unwrap();
+        }
+        s.close();
+        drop(s);
+        {
+            let mut db = Database::open(&tmp).unwrap();
+            while db.compact().unwrap() {}
+        }
+        std::fs::copy(&tmp, fixture_path()).unwrap();
+    }
+
+    /// The sandbox file an earlier release wrote loads with this build.
+    #[test]
+    fn sandbox_v1_fixture_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clouds.redb");
+        std::fs::copy(fixture_path(), &path).unwrap();
+        let (_s, loaded) = SandboxStore::open(&path).unwrap();
+        assert_eq!(loaded.instances, fixture_records());
+        let counters: Vec<(&str, u64)> = loaded
+            .counters
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(counters, vec![("cumulus", 1), ("nimbus", 3), ("strato", 2)]);
+    }
+
     #[test]
     fn records_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
