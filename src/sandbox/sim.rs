@@ -11,12 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{rfc3339, Millis};
 use crate::providers::protocol::{Instance, InstanceState};
+use crate::store::codec::{unknown_version, Body, Versioned};
+use crate::store::StoreError;
 
 /// How long a deleted instance stays `terminating`.
 pub const TERMINATE_MS: Millis = 1_000;
 
 /// What the sandbox stores per instance (encoded with `store::codec`, so no
-/// `skip_serializing_if` or untagged enums).
+/// `skip_serializing_if` or untagged enums), as record version 2; see its
+/// [`Versioned`] impl for the older versions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub cloud: String,
@@ -41,8 +44,30 @@ pub struct InstanceRecord {
     pub api_key: Option<String>,
 }
 
-/// The record as first stored (no `api_key`). bincode is not self-describing, so an
-/// older record fails to decode as [`InstanceRecord`] and is read as this instead.
+/// Version 2 is the current layout. Version 1 has two: the first format
+/// ([`InstanceRecordV0`]), and the current layout, which spotd 0.1.0 wrote under version
+/// 1 without bumping it when `api_key` was added. A body decodes only to its exact
+/// length and the second layout is the first plus one field, so a body is at most one
+/// of them: trying both cannot mistake one for the other.
+impl Versioned for InstanceRecord {
+    const VERSION: u8 = 2;
+
+    fn migrate(version: u8, body: Body<'_>) -> Result<InstanceRecord, StoreError> {
+        match version {
+            1 => match body.decode::<InstanceRecordV0>() {
+                Ok(old) => Ok(InstanceRecord::from(old)),
+                Err(first) => body.decode::<InstanceRecord>().map_err(|current| {
+                    StoreError::Codec(format!(
+                        "a version 1 instance record is neither of its layouts ({first}; {current})"
+                    ))
+                }),
+            },
+            v => Err(unknown_version(v, Self::VERSION)),
+        }
+    }
+}
+
+/// The record as first stored (no `api_key`), under version 1.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct InstanceRecordV0 {

@@ -8,6 +8,8 @@
 //! Reads run on tokio's blocking pool ([`Store::read`]), never on executor threads.
 
 pub mod codec;
+#[cfg(test)]
+mod fixture_tests;
 pub mod tables;
 
 use std::cell::Cell;
