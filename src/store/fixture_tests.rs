@@ -492,6 +492,9 @@ async fn check(store: &Store) {
     assert_eq!(by_account, expected_rentals(), "oldest first, then by id");
     let active: Vec<&str> = active.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(active, vec![RUNNING]);
+    // Schema 2's per-account index, built on open from the schema-1 file.
+    let live = store.read(|rx| rx.count_active(ACCOUNT)).await.unwrap();
+    assert_eq!(live, 1, "the running rental, counted by the account index");
     assert_eq!(offers_read, offers());
 
     // Keys: the known secret authenticates; the revoked key is found by its hash.
