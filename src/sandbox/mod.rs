@@ -48,6 +48,9 @@
 //!   `{"error": "not_running"}` when it already stopped, 404 when unknown.
 //! - `POST /<cloud>/_control/fail` body `{"offers": true|false}`: while true, `GET
 //!   /<cloud>/offers` answers 500 `{"error": "simulated_failure"}` (a failing provider).
+//!   Optional fields: `"down": true|false`, while true every protocol call of the cloud
+//!   answers 503 (a provider down); `"create_lies": N`, the next N creates make the
+//!   instance and answer 500 all the same (a create that fails although it created).
 
 mod catalog;
 mod llm;
@@ -160,6 +163,8 @@ pub async fn start(
                 name: c.name.clone(),
                 catalogue: Mutex::new(c),
                 fail_offers: AtomicBool::new(false),
+                down: AtomicBool::new(false),
+                create_lies: AtomicUsize::new(0),
             })
             .collect(),
         instances: tokio::sync::Mutex::new(instances),
@@ -291,6 +296,10 @@ pub(crate) struct CloudState {
     catalogue: Mutex<Catalogue>,
     /// Set by `_control/fail`: `GET offers` answers 500 while true.
     fail_offers: AtomicBool,
+    /// Set by `_control/fail`: every protocol call answers 503 while true.
+    down: AtomicBool,
+    /// Set by `_control/fail`: this many more creates make the instance, answer 500.
+    create_lies: AtomicUsize,
 }
 
 #[derive(Default)]

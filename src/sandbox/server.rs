@@ -261,6 +261,9 @@ async fn cloud_route(
     body: &[u8],
     call: &Call<'_>,
 ) -> Reply {
+    if c.down.load(Ordering::SeqCst) && rest.first() != Some(&"_control") {
+        return Reply::err(StatusCode::SERVICE_UNAVAILABLE, "simulated_outage");
+    }
     match (m, rest) {
         (&Method::GET, ["offers"]) => offers(st, c).await,
         (&Method::GET, ["instances"]) => {
@@ -319,11 +322,20 @@ async fn cloud_route(
             #[derive(serde::Deserialize)]
             struct Fail {
                 offers: bool,
+                #[serde(default)]
+                down: bool,
+                #[serde(default)]
+                create_lies: usize,
             }
             match serde_json::from_slice::<Fail>(body) {
                 Ok(f) => {
                     c.fail_offers.store(f.offers, Ordering::SeqCst);
-                    Reply::json(StatusCode::OK, &json!({"offers": f.offers}))
+                    c.down.store(f.down, Ordering::SeqCst);
+                    c.create_lies.store(f.create_lies, Ordering::SeqCst);
+                    Reply::json(
+                        StatusCode::OK,
+                        &json!({"offers": f.offers, "down": f.down, "create_lies": f.create_lies}),
+                    )
                 }
                 Err(e) => Reply::err(StatusCode::BAD_REQUEST, &format!("bad_request: {e}")),
             }
@@ -413,6 +425,13 @@ async fn create(st: &Arc<State>, c: &CloudState, body: &[u8]) -> Reply {
     }
     let view = rec.to_instance(now, &st.cloud_base(&c.name));
     inst.insert(rec);
+    let lie = c
+        .create_lies
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if lie {
+        return Reply::err(StatusCode::INTERNAL_SERVER_ERROR, "simulated_failure");
+    }
     Reply::json(StatusCode::CREATED, &view)
 }
 
