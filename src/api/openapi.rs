@@ -1,9 +1,9 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 document of the whole API.
 //!
-//! Paths and methods come from [`routes::ROUTES`], the table tests hold to the routes
-//! actually served, so the document cannot list a route that does not exist or miss
-//! one that does. Bodies and schemas are written here, next to that table, from the
-//! views in `api::views`. Built once, on first request.
+//! Paths and methods come from [`routes::ROUTES`], the table the router dispatches
+//! through, so the document cannot list a route that does not exist or miss one that
+//! does. Bodies and schemas are written here from the views in `api::views`. Built
+//! once, on first request.
 
 use std::sync::OnceLock;
 

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use tracing::Instrument;
 
-use super::{error, handlers, openapi, routes, App, Body};
+use super::routes::{self, Access, Lookup, Params};
+use super::{error, App, Body};
 use crate::accounts;
 use crate::error::{Error, Result};
 use crate::ids;
@@ -21,13 +22,17 @@ use crate::model::{Account, ApiKey, IdempotencyRecord};
 /// Idempotency records answer for this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
-/// A parsed request, body read and size-checked.
+/// A request as a handler sees it: the path split and decoded once, the route's
+/// parameters, the caller the route's access asked for, and the body (read and
+/// size-checked when the route reads one, else empty).
 pub struct Ctx {
     pub method: Method,
     pub segs: Vec<String>,
+    pub params: Params,
     pub query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub caller: Caller,
 }
 
 impl Ctx {
@@ -39,35 +44,68 @@ impl Ctx {
         serde_json::from_slice(&self.body)
             .map_err(|e| Error::bad(format!("invalid JSON body: {e}")))
     }
+
+    /// The path parameter `name` of the route's template.
+    pub fn param(&self, name: &str) -> Result<&str> {
+        self.params
+            .get(name)
+            .ok_or_else(|| Error::Internal(format!("the route has no parameter '{name}'")))
+    }
+
+    /// The account calling a [`Access::User`] route.
+    pub fn account(&self) -> Result<&Account> {
+        match &self.caller {
+            Caller::User(a, _) => Ok(a),
+            _ => Err(Error::Internal("the route is not a user route".into())),
+        }
+    }
 }
 
 /// Who is calling.
 pub enum Caller {
+    Anonymous,
     User(Account, ApiKey),
     Admin,
 }
 
 pub type Reply = (StatusCode, Value);
 
+/// What a handler may answer: a status with a JSON body, or a whole response
+/// (streams, text, 202 with Retry-After).
+pub trait IntoResponse {
+    fn into_response(self) -> Response<Body>;
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response<Body> {
+        json_response(self.0, &self.1)
+    }
+}
+
+impl IntoResponse for Response<Body> {
+    fn into_response(self) -> Response<Body> {
+        self
+    }
+}
+
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
-    // Logs and metrics name the route template, never the raw path (ids, typos).
-    let route = split_path(req.uri().path())
-        .map(|segs| routes::template(method.as_str(), &segs))
-        .unwrap_or(routes::UNMATCHED);
+    // The one split of the path; logs and metrics name the route template, never the
+    // raw path (ids, typos).
+    let segs = split_path(req.uri().path());
+    let lookup = match &segs {
+        Ok(segs) => routes::find(method.as_str(), segs),
+        Err(_) => Lookup::NoRoute,
+    };
+    let route = lookup.label();
     let started = std::time::Instant::now();
     let span = tracing::info_span!("request", method = %method, route);
     let resp = async {
-        // The one route that answers text rather than JSON.
-        if method == Method::GET && route == "/metrics" {
-            return metrics_text(&app, req.headers())
-                .await
-                .unwrap_or_else(|e| error_response(&e));
-        }
-        match dispatch(&app, req).await {
-            Ok(r) => r,
-            Err(e) => error_response(&e),
-        }
+        let answer = match segs {
+            Ok(segs) => dispatch(&app, req, segs, lookup).await,
+            Err(e) => Err(e),
+        };
+        answer.unwrap_or_else(|e| error_response(&e))
     }
     .instrument(span.clone())
     .await;
@@ -83,16 +121,57 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-/// `GET /metrics`: admin token, Prometheus text.
-async fn metrics_text(app: &App, headers: &HeaderMap) -> Result<Response<Body>> {
-    authenticate(app, headers, true).await?;
-    let text = super::metrics::render(app).await?;
-    let mut r = Response::new(full(text.into_bytes()));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(super::metrics::CONTENT_TYPE),
-    );
-    Ok(r)
+/// Authenticates as the route's access asks, reads the body if the route reads one,
+/// and runs the route's handler. A request no route serves is a 404 (there is no 405):
+/// a known path with another method is authenticated as its route is, any other path
+/// as its area is ([`routes::area`]); a public one hears 404 at once, the others once
+/// the caller has proved who they are and the body has passed its size check.
+async fn dispatch(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    segs: Vec<String>,
+    lookup: Lookup,
+) -> Result<Response<Body>> {
+    let (route, params, access) = match lookup {
+        Lookup::Found(r, params) => (Some(r), params, r.access),
+        Lookup::OtherMethod(r) => (None, Params::default(), r.access),
+        Lookup::NoRoute => (None, Params::default(), routes::area(&segs)),
+    };
+    let caller = match access {
+        Access::Public if route.is_none() => {
+            return Err(Error::NotFound(format!(
+                "no route for {} {}",
+                req.method(),
+                req.uri().path()
+            )))
+        }
+        Access::Public => Caller::Anonymous,
+        Access::User => authenticate(app, req.headers(), false).await?,
+        Access::Admin => authenticate(app, req.headers(), true).await?,
+    };
+    let query = req.uri().query().unwrap_or("").to_string();
+    let (parts, body) = if route.is_none_or(|r| r.body) {
+        read_body(app, req).await?
+    } else {
+        (req.into_parts().0, Bytes::new())
+    };
+    let ctx = Ctx {
+        method: parts.method,
+        segs,
+        params,
+        query,
+        headers: parts.headers,
+        body,
+        caller,
+    };
+    match route {
+        Some(r) => (r.handler)(app, &ctx).await,
+        None => Err(Error::NotFound(format!(
+            "no route for {} /{}",
+            ctx.method,
+            ctx.segs.join("/")
+        ))),
+    }
 }
 
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
@@ -115,7 +194,7 @@ pub fn error_response(e: &Error) -> Response<Body> {
     r
 }
 
-fn full(b: Vec<u8>) -> Body {
+pub fn full(b: Vec<u8>) -> Body {
     Full::new(Bytes::from(b))
         .map_err(|never| match never {})
         .boxed()
@@ -195,18 +274,16 @@ async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Cal
     let token = bearer(headers).ok_or_else(|| {
         Error::Unauthorized("missing API key: send 'Authorization: Bearer <key>'".to_string())
     })?;
-    let caller = if admin {
+    // Rate limits are per API key; the admin has one bucket.
+    let (caller, key) = if admin {
         if !ids::same_hash(&ids::hash_secret(token), &app.admin_hash) {
             return Err(Error::Unauthorized("invalid admin token".into()));
         }
-        Caller::Admin
+        (Caller::Admin, "admin".to_string())
     } else {
         let (a, k) = accounts::authenticate(&app.store, token).await?;
-        Caller::User(a, k)
-    };
-    let key = match &caller {
-        Caller::User(_, k) => k.id.clone(),
-        Caller::Admin => "admin".to_string(),
+        let id = k.id.clone();
+        (Caller::User(a, k), id)
     };
     if let Err(not_until) = app.limiter.check_key(&key) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -218,55 +295,6 @@ async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Cal
         });
     }
     Ok(caller)
-}
-
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
-    let segs = split_path(req.uri().path())?;
-    let query = req.uri().query().unwrap_or("").to_string();
-    let method = req.method().clone();
-    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
-
-    // Unauthenticated.
-    match (&method, s.as_slice()) {
-        (&Method::GET, ["healthz"]) => {
-            let (st, v) = handlers::healthz();
-            return Ok(json_response(st, &v));
-        }
-        (&Method::GET, ["readyz"]) => {
-            let (st, v) = handlers::readyz(app).await?;
-            return Ok(json_response(st, &v));
-        }
-        (&Method::GET, ["openapi.json"]) => {
-            return Ok(json_response(StatusCode::OK, openapi::document()));
-        }
-        _ => {}
-    }
-    let admin = matches!(s.first(), Some(&"admin")) || s == ["metrics"];
-    if !admin && s.first() != Some(&"v1") {
-        return Err(Error::NotFound(format!(
-            "no route for {method} {}",
-            req.uri().path()
-        )));
-    }
-    let caller = authenticate(app, req.headers(), admin).await?;
-    let (parts, body) = read_body(app, req).await?;
-    let ctx = Ctx {
-        method: parts.method,
-        segs: segs.clone(),
-        query,
-        headers: parts.headers,
-        body,
-    };
-    let (status, v) = match caller {
-        Caller::Admin => handlers::admin(app, &ctx).await?,
-        Caller::User(account, _key) => {
-            if let Some(resp) = handlers::inference(app, &ctx, &account).await {
-                return resp;
-            }
-            handlers::user(app, &ctx, &account).await?
-        }
-    };
-    Ok(json_response(status, &v))
 }
 
 /// Runs `f` at most once per `Idempotency-Key` (SPEC section 3): the same key and body

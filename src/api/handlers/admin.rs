@@ -1,0 +1,142 @@
+//! `/admin/v1`: accounts and their keys and credit, providers, every rental.
+
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::super::router::{idempotent, Ctx, Reply};
+use super::super::{views, App};
+use crate::accounts;
+use crate::error::{Error, Result};
+use crate::model::TerminationReason;
+use crate::money::{self, Usd};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    name: String,
+    #[serde(default, deserialize_with = "money::de_opt")]
+    credit: Option<Usd>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditBody {
+    #[serde(deserialize_with = "money::de")]
+    amount: Usd,
+    note: Option<String>,
+}
+
+pub async fn create_account(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    idempotent(app, "admin", ctx, |stable| async move {
+        let b: NewAccount = ctx.json()?;
+        let (a, k) = accounts::create_account_with_id(
+            &app.store,
+            &app.clock,
+            &b.name,
+            b.credit.unwrap_or(Usd::ZERO),
+            stable.map(|s| format!("acct_{s}")),
+        )
+        .await?;
+        let mut v = views::account(&a);
+        v["api_key"] = views::api_key(&k.key, Some(&k.secret));
+        Ok((StatusCode::CREATED, v))
+    })
+    .await
+}
+
+pub async fn list_accounts(app: &Arc<App>, _ctx: &Ctx) -> Result<Reply> {
+    let v = app.store.read(|rx| rx.accounts()).await?;
+    Ok((
+        StatusCode::OK,
+        views::list(v.iter().map(views::account).collect(), None),
+    ))
+}
+
+pub async fn get_account(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let a = accounts::get_account(&app.store, ctx.param("id")?).await?;
+    let aid = a.id.clone();
+    let keys = app
+        .store
+        .read(move |rx| {
+            Ok::<_, Error>(
+                rx.api_keys()?
+                    .into_iter()
+                    .filter(|k| k.account_id == aid)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await?;
+    let mut v = views::account(&a);
+    v["api_keys"] = Value::Array(keys.iter().map(|k| views::api_key(k, None)).collect());
+    Ok((StatusCode::OK, v))
+}
+
+pub async fn add_credit(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let id = ctx.param("id")?;
+    idempotent(app, "admin", ctx, |stable| async move {
+        let b: CreditBody = ctx.json()?;
+        if let Some(n) = &b.note {
+            if n.len() > 500 {
+                return Err(Error::bad_param(
+                    "note",
+                    "note must be at most 500 characters",
+                ));
+            }
+        }
+        let (a, e) =
+            accounts::add_credit_once(&app.store, &app.clock, id, b.amount, b.note, stable).await?;
+        let mut v = views::account(&a);
+        v["entry"] = views::ledger_entry(&e);
+        Ok((StatusCode::OK, v))
+    })
+    .await
+}
+
+pub async fn create_key(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let id = ctx.param("id")?;
+    idempotent(app, "admin", ctx, |stable| async move {
+        let (k, secret) = accounts::create_key_with_id(
+            &app.store,
+            &app.clock,
+            id,
+            stable.map(|s| format!("key_{s}")),
+        )
+        .await?;
+        Ok((StatusCode::CREATED, views::api_key(&k, secret.as_deref())))
+    })
+    .await
+}
+
+pub async fn revoke_key(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let k = accounts::revoke_key(&app.store, &app.clock, ctx.param("key_id")?).await?;
+    Ok((StatusCode::OK, views::api_key(&k, None)))
+}
+
+pub async fn providers(app: &Arc<App>, _ctx: &Ctx) -> Result<Reply> {
+    let v = serde_json::to_value(app.registry.statuses())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok((
+        StatusCode::OK,
+        views::list(v.as_array().cloned().unwrap_or_default(), None),
+    ))
+}
+
+pub async fn list_rentals(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    super::list_rentals(app, ctx, None).await
+}
+
+pub async fn get_rental(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let r = app.rentals.get(None, ctx.param("id")?).await?;
+    Ok((StatusCode::OK, views::rental(&r)))
+}
+
+pub async fn teardown(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let r = app
+        .rentals
+        .teardown(None, ctx.param("id")?, TerminationReason::Admin)
+        .await?;
+    Ok((StatusCode::OK, views::rental(&r)))
+}

@@ -1,0 +1,49 @@
+//! The OpenAI-compatible routes: models, and the completions that answer their own
+//! responses (streams, 202 while a model deploys).
+
+use std::sync::Arc;
+
+use hyper::{Response, StatusCode};
+
+use super::super::router::{Ctx, Reply};
+use super::super::{App, Body};
+use crate::error::Result;
+use crate::inference::{prefer_wait, Endpoint};
+
+pub async fn list_models(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let v = app.inference.list_models(&ctx.account()?.id).await?;
+    Ok((StatusCode::OK, v))
+}
+
+/// The id takes the rest of the path: `/v1/models/meta-llama/Llama-3.1-8B-Instruct`.
+pub async fn get_model(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let v = app
+        .inference
+        .get_model(&ctx.account()?.id, ctx.param("id")?)
+        .await?;
+    Ok((StatusCode::OK, v))
+}
+
+pub async fn chat_completions(app: &Arc<App>, ctx: &Ctx) -> Result<Response<Body>> {
+    complete(app, ctx, Endpoint::Chat).await
+}
+
+pub async fn completions(app: &Arc<App>, ctx: &Ctx) -> Result<Response<Body>> {
+    complete(app, ctx, Endpoint::Completions).await
+}
+
+pub async fn embeddings(app: &Arc<App>, ctx: &Ctx) -> Result<Response<Body>> {
+    complete(app, ctx, Endpoint::Embeddings).await
+}
+
+async fn complete(app: &Arc<App>, ctx: &Ctx, ep: Endpoint) -> Result<Response<Body>> {
+    let prefer = ctx
+        .headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    app.inference
+        .handle(&ctx.account()?.id, ep, &ctx.body, prefer_wait(prefer))
+        .await
+        .map(super::super::answer::render)
+}
