@@ -69,6 +69,32 @@ pub enum Command {
     Config(ConfigCommand),
     /// Check a running daemon (GET /readyz); exits non-zero when it is not healthy.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Run the whole daemon on a manual clock for N simulated days with a seeded
+    /// workload, faults and crashes, checking its invariants after every step; exits 0
+    /// only when none was violated.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Simulated days.
+    #[arg(long, default_value_t = 30)]
+    pub days: u64,
+    /// The seed of the workload and of the sandbox clouds.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// One JSON line instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every step's action to stderr.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Inject a defect to see the checker catch it (the run then fails).
+    #[arg(long, value_enum, value_name = "FAULT")]
+    pub inject: Option<crate::sim::Fault>,
+    /// The defect is injected from this step on.
+    #[arg(long, default_value_t = 20)]
+    pub inject_after: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +185,7 @@ pub fn main() -> ExitCode {
     let env = environment();
     match cli.command {
         Command::Serve(a) => serve(a, &env),
+        Command::Simulate(a) => simulate(a),
         Command::SandboxCloud(a) => sandbox_cloud(a, &env),
         Command::Config(ConfigCommand::Default { install }) => {
             if install {
@@ -216,6 +243,45 @@ fn serve(a: ServeArgs, env: &[(String, String)]) -> ExitCode {
         Err(code) => return code,
     };
     run_until_signal("spotd", |token| crate::daemon::run(cfg, token))
+}
+
+fn simulate(a: SimulateArgs) -> ExitCode {
+    let opts = crate::sim::Options {
+        days: a.days,
+        seed: a.seed,
+        inject: a.inject,
+        inject_after: a.inject_after,
+        verbose: a.verbose,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spotd simulate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::sim::run(&opts)) {
+        Ok(s) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                println!("{}", crate::sim::describe(&s));
+            }
+            if s.violations == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("spotd simulate: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn sandbox_cloud(a: SandboxCloudArgs, env: &[(String, String)]) -> ExitCode {
@@ -321,7 +387,10 @@ fn run_client(cmd: Command, env: &[(String, String)]) -> ExitCode {
             }
             Command::Admin(AdminCommand::Credit(a)) => client::admin_credit(a, env).await,
             Command::Healthcheck(a) => healthcheck::run(a, env).await.map(|m| println!("{m}")),
-            Command::Serve(_) | Command::SandboxCloud(_) | Command::Config(_) => Ok(()),
+            Command::Serve(_)
+            | Command::SandboxCloud(_)
+            | Command::Config(_)
+            | Command::Simulate(_) => Ok(()),
         }
     });
     match result {

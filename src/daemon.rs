@@ -170,6 +170,9 @@ pub struct Daemon {
     admin_hash: String,
     notifier: Notifier,
     cadence: Cadence,
+    /// Print `spotd listening on ...` to stdout (off for the simulator, whose stdout
+    /// is its summary).
+    announce: bool,
 }
 
 impl Daemon {
@@ -212,6 +215,7 @@ impl Daemon {
                 admin_hash: parts.admin_hash,
                 notifier,
                 cadence: CADENCE,
+                announce: true,
             }),
             Err(e) => {
                 // A start that fails halfway (a provider key missing from the
@@ -230,6 +234,11 @@ impl Daemon {
     /// coarser steps to cover long spans quickly).
     pub fn set_cadence(&mut self, sync: Duration, sweep: Duration) {
         self.cadence = Cadence { sync, sweep };
+    }
+
+    /// Serve without printing the `spotd listening on` line.
+    pub fn quiet(&mut self) {
+        self.announce = false;
     }
 
     pub fn clock(&self) -> &Clock {
@@ -334,7 +343,9 @@ impl Daemon {
         ));
         std::fs::write(self.cfg.data_dir.join("spotd.addr"), format!("{bound}\n"))
             .map_err(|e| format!("cannot write spotd.addr: {e}"))?;
-        println!("spotd listening on http://{bound}");
+        if self.announce {
+            println!("spotd listening on http://{bound}");
+        }
         tracing::info!(addr = %bound, sandbox = self.cfg.sandbox_mode(), "spotd listening");
         self.notifier.ready();
         let watchdog_stop = CancellationToken::new();

@@ -23,6 +23,7 @@ pub mod notify;
 pub mod providers;
 pub mod rentals;
 pub mod sandbox;
+pub mod sim;
 pub mod store;
 pub mod tasks;
 pub mod workers;

@@ -85,6 +85,7 @@ use sim::InstanceRecord;
 use store::SandboxStore;
 
 pub use catalog::cloud_names;
+pub use sim::Rng;
 
 /// The chat/completion models the hosted upstream serves (`/chat/completions`,
 /// `/completions`), billed per token by spotd from `usage`.

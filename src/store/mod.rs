@@ -509,6 +509,26 @@ macro_rules! reads {
             ) -> Result<Vec<LedgerEntry>, StoreError> {
                 ledger_page(&self.txn.open_table(LEDGER)?, account, before_seq, limit)
             }
+            /// Ledger entries oldest first, strictly after `after_seq` (an auditor's
+            /// way to read only what is new).
+            pub fn ledger_after(
+                &self,
+                account: &str,
+                after_seq: u64,
+                limit: usize,
+            ) -> Result<Vec<LedgerEntry>, StoreError> {
+                let t = self.txn.open_table(LEDGER)?;
+                let mut out = Vec::new();
+                let from = after_seq.saturating_add(1);
+                for item in t.range((account, from)..=(account, u64::MAX))? {
+                    let (_, v) = item?;
+                    out.push(codec::decode(v.value())?);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
             pub fn idempotency(
                 &self,
                 scope: &str,

@@ -1,0 +1,346 @@
+//! The simulator's invariants, checked after every step against the daemon's store and
+//! the sandbox clouds. The books are followed incrementally (only ledger entries and
+//! rentals that changed since the last step are read), and audited whole once a
+//! simulated day, after every restart and at the end.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::clock::Millis;
+use crate::ledger::billable_seconds;
+use crate::model::{LedgerKind, Rental, RentalState};
+use crate::money::{prorate, Usd};
+use crate::store::{Store, StoreError};
+
+/// What the checker knows of one account's ledger.
+#[derive(Default, Clone)]
+struct Books {
+    seq: u64,
+    sum: Usd,
+}
+
+/// A hosted request the workload got an answer for.
+pub struct Answered {
+    pub request_id: String,
+    pub account: String,
+    /// The answer reported usage: its charge must be non-zero.
+    pub had_usage: bool,
+    /// When it was answered (clock time).
+    pub at: Millis,
+}
+
+#[derive(Default)]
+pub struct Checker {
+    books: HashMap<String, Books>,
+    /// Charges by rental, summed (negative).
+    by_rental: HashMap<String, Usd>,
+    /// Request ids that have a charge.
+    charged: HashSet<String>,
+    /// Rentals live at the last check.
+    active: HashSet<String>,
+    /// Rentals already found terminal and checked.
+    ended: HashSet<String>,
+    pending: Vec<Answered>,
+    /// (cloud, instance id) -> when it was first seen running with no live rental.
+    orphans: HashMap<(String, String), Millis>,
+    /// Rental id -> when its running instance was first seen missing.
+    missing: HashMap<String, Millis>,
+    pub checks: u64,
+    pub charges: u64,
+}
+
+/// What an entry adds to the balance: credits and charges; holds and releases move
+/// money between available and held (their stored amount is the hold's size).
+fn balance_effect(e: &crate::model::LedgerEntry) -> Usd {
+    match e.kind {
+        LedgerKind::Credit | LedgerKind::Charge => e.amount,
+        LedgerKind::Hold | LedgerKind::Release => Usd::ZERO,
+    }
+}
+
+/// One cloud instance as the sandbox lists it.
+pub struct Seen {
+    pub cloud: String,
+    pub id: String,
+    pub label: String,
+    pub state: String,
+}
+
+impl Checker {
+    /// A hosted request was answered; it must be charged once the step settles.
+    pub fn expect_charge(&mut self, a: Answered) {
+        self.pending.push(a);
+    }
+
+    fn ok(&mut self, cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+        self.checks += 1;
+        if cond {
+            Ok(())
+        } else {
+            Err(msg())
+        }
+    }
+
+    /// Everything after a step: the books of every account, every rental that ended
+    /// since the last step, every answered request.
+    pub async fn step(&mut self, store: &Store) -> Result<(), String> {
+        let (accounts, active, new_entries) = {
+            let known: HashMap<String, u64> =
+                self.books.iter().map(|(k, b)| (k.clone(), b.seq)).collect();
+            store
+                .read(move |rx| {
+                    let accounts = rx.accounts()?;
+                    let active = rx.active_rentals()?;
+                    let mut entries = Vec::new();
+                    for a in &accounts {
+                        let after = known.get(&a.id).copied().unwrap_or(0);
+                        entries.extend(rx.ledger_after(&a.id, after, usize::MAX)?);
+                    }
+                    Ok::<_, StoreError>((accounts, active, entries))
+                })
+                .await
+                .map_err(|e| format!("cannot read the store: {e}"))?
+        };
+        for e in &new_entries {
+            let b = self.books.entry(e.account_id.clone()).or_default();
+            b.seq = b.seq.max(e.seq);
+            b.sum += balance_effect(e);
+            if e.kind == LedgerKind::Charge {
+                self.charges += 1;
+                let named = e.rental_id.is_some() || e.request_id.is_some();
+                let id = e.id.clone();
+                self.ok(named, || {
+                    format!("charge {id} names neither a rental nor a request")
+                })?;
+                if let Some(r) = &e.rental_id {
+                    *self.by_rental.entry(r.clone()).or_default() += e.amount;
+                }
+                if let Some(q) = &e.request_id {
+                    self.charged.insert(q.clone());
+                }
+            }
+        }
+        // 1. balance == sum(ledger), held == sum(open holds), available >= 0.
+        let mut held: BTreeMap<&str, Usd> = BTreeMap::new();
+        for r in &active {
+            *held.entry(r.account_id.as_str()).or_default() += r.held();
+        }
+        for a in &accounts {
+            let sum = self.books.get(&a.id).map(|b| b.sum).unwrap_or(Usd::ZERO);
+            self.ok(a.balance == sum, || {
+                format!(
+                    "account {}: balance {} != sum of its ledger {}",
+                    a.id, a.balance, sum
+                )
+            })?;
+            let open = held.get(a.id.as_str()).copied().unwrap_or(Usd::ZERO);
+            self.ok(a.held == open, || {
+                format!(
+                    "account {}: held {} != sum of its open holds {}",
+                    a.id, a.held, open
+                )
+            })?;
+            self.ok(a.available() >= Usd::ZERO, || {
+                format!("account {}: available {} is negative", a.id, a.available())
+            })?;
+        }
+        // 2. rentals that ended since the last step.
+        let now_active: HashSet<String> = active.iter().map(|r| r.id.clone()).collect();
+        let gone: Vec<String> = self
+            .active
+            .iter()
+            .filter(|id| !now_active.contains(*id))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            let rentals = store
+                .read(move |rx| {
+                    gone.iter()
+                        .filter_map(|id| rx.rental(id).transpose())
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .map_err(|e: StoreError| format!("cannot read rentals: {e}"))?;
+            for r in rentals {
+                self.ended_rental(&r)?;
+            }
+        }
+        self.active = now_active;
+        // 3. every answered hosted request is charged.
+        for a in std::mem::take(&mut self.pending) {
+            let charged = self.charged.contains(&a.request_id);
+            self.ok(charged || !a.had_usage, || {
+                format!(
+                    "hosted request {} of {} answered at {} with usage but never charged",
+                    a.request_id,
+                    a.account,
+                    crate::clock::rfc3339(a.at)
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The cost rule for a rental in a terminal state, once.
+    fn ended_rental(&mut self, r: &Rental) -> Result<(), String> {
+        if !r.state.is_terminal() || !self.ended.insert(r.id.clone()) {
+            return Ok(());
+        }
+        let secs = match (r.started_at, r.ended_at) {
+            (Some(s), Some(e)) => billable_seconds(s, e),
+            _ => 0,
+        };
+        let due = prorate(r.price_per_hour, secs);
+        let capped =
+            r.termination_reason == Some(crate::model::TerminationReason::InsufficientCredit);
+        let exact = if capped { r.cost <= due } else { r.cost == due };
+        self.ok(exact, || {
+            format!(
+                "rental {} ({:?}, {:?}) cost {} but {} s at {}/h is {}",
+                r.id, r.state, r.termination_reason, r.cost, secs, r.price_per_hour, due
+            )
+        })?;
+        let charged = -self.by_rental.get(&r.id).copied().unwrap_or(Usd::ZERO);
+        self.ok(charged == r.cost, || {
+            format!(
+                "rental {}: its charges sum to {} but its cost is {}",
+                r.id, charged, r.cost
+            )
+        })?;
+        self.ok(!r.hold_open, || {
+            format!(
+                "rental {} ended ({:?}) but still holds {}",
+                r.id, r.state, r.hold
+            )
+        })
+    }
+
+    /// Invariant 4: instances and rentals agree within `grace` ms. No instance runs
+    /// without a live rental, no running rental points at an instance that is gone.
+    /// Clouds in `down` are not judged (nobody can see them).
+    pub async fn instances(
+        &mut self,
+        store: &Store,
+        seen: &[Seen],
+        down: &HashSet<String>,
+        now: Millis,
+        grace: Millis,
+    ) -> Result<(), String> {
+        let labels: Vec<String> = seen
+            .iter()
+            .filter(|i| {
+                i.label.starts_with("rnt_")
+                    && matches!(i.state.as_str(), "running" | "provisioning")
+            })
+            .map(|i| i.label.clone())
+            .collect();
+        let (owners, active) = store
+            .read(move |rx| {
+                let owners: HashMap<String, Option<Rental>> = labels
+                    .into_iter()
+                    .map(|l| rx.rental(&l).map(|r| (l, r)))
+                    .collect::<Result<_, _>>()?;
+                Ok::<_, StoreError>((owners, rx.active_rentals()?))
+            })
+            .await
+            .map_err(|e| format!("cannot read rentals: {e}"))?;
+        let mut orphans_now = HashSet::new();
+        for i in seen.iter().filter(|i| !down.contains(&i.cloud)) {
+            let Some(owner) = owners.get(&i.label) else {
+                continue;
+            };
+            if owner.as_ref().is_some_and(|r| !r.state.is_terminal()) {
+                continue;
+            }
+            let key = (i.cloud.clone(), i.id.clone());
+            let since = *self.orphans.entry(key.clone()).or_insert(now);
+            orphans_now.insert(key);
+            self.ok(now - since <= grace, || {
+                format!(
+                    "instance {}/{} ({}) has run {} s with no live rental {}",
+                    i.cloud,
+                    i.id,
+                    i.state,
+                    (now - since) / 1000,
+                    i.label
+                )
+            })?;
+        }
+        self.orphans.retain(|k, _| orphans_now.contains(k));
+        let live: HashMap<&str, &Seen> = seen
+            .iter()
+            .filter(|i| !matches!(i.state.as_str(), "terminated"))
+            .map(|i| (i.label.as_str(), i))
+            .collect();
+        let mut missing_now = HashSet::new();
+        for r in active.iter().filter(|r| r.state == RentalState::Running) {
+            let cloud_down = down.iter().any(|c| r.provider == *c);
+            if cloud_down || live.contains_key(r.id.as_str()) {
+                continue;
+            }
+            let since = *self.missing.entry(r.id.clone()).or_insert(now);
+            missing_now.insert(r.id.clone());
+            self.ok(now - since <= grace, || {
+                format!(
+                    "rental {} has been running {} s on an instance {} does not have",
+                    r.id,
+                    (now - since) / 1000,
+                    r.provider
+                )
+            })?;
+        }
+        self.missing.retain(|k, _| missing_now.contains(k));
+        Ok(())
+    }
+
+    /// The whole books from scratch: every ledger summed, every rental's charges and
+    /// cost rule. O(history): once a simulated day, after restarts, and at the end.
+    pub async fn audit(&mut self, store: &Store) -> Result<(), String> {
+        let (accounts, rentals, ledgers) = store
+            .read(|rx| {
+                let accounts = rx.accounts()?;
+                let mut ledgers = Vec::new();
+                for a in &accounts {
+                    ledgers.push(rx.ledger_after(&a.id, 0, usize::MAX)?);
+                }
+                Ok::<_, StoreError>((accounts, rx.rentals()?, ledgers))
+            })
+            .await
+            .map_err(|e| format!("cannot read the store: {e}"))?;
+        let mut by_rental: HashMap<&str, Usd> = HashMap::new();
+        for (a, entries) in accounts.iter().zip(&ledgers) {
+            let sum: Usd = entries.iter().map(balance_effect).sum();
+            self.ok(a.balance == sum, || {
+                format!(
+                    "audit: account {}: balance {} != sum of its ledger {}",
+                    a.id, a.balance, sum
+                )
+            })?;
+            let last = entries.last().map(|e| e.seq).unwrap_or(0);
+            self.ok(last == a.ledger_seq, || {
+                format!(
+                    "audit: account {}: last entry {} but ledger_seq {}",
+                    a.id, last, a.ledger_seq
+                )
+            })?;
+            for e in entries.iter().filter(|e| e.kind == LedgerKind::Charge) {
+                if let Some(r) = &e.rental_id {
+                    *by_rental.entry(r.as_str()).or_default() += e.amount;
+                }
+            }
+        }
+        for r in &rentals {
+            let charged = -by_rental.get(r.id.as_str()).copied().unwrap_or(Usd::ZERO);
+            self.ok(charged == r.cost, || {
+                format!(
+                    "audit: rental {}: its charges sum to {} but its cost is {}",
+                    r.id, charged, r.cost
+                )
+            })?;
+            if r.state.is_terminal() {
+                self.ended.remove(&r.id);
+                self.ended_rental(r)?;
+            }
+        }
+        Ok(())
+    }
+}
