@@ -161,7 +161,8 @@ impl Checker {
                 .await
                 .map_err(|e: StoreError| format!("cannot read rentals: {e}"))?;
             for r in rentals {
-                self.ended_rental(&r)?;
+                let charged = -self.by_rental.get(&r.id).copied().unwrap_or(Usd::ZERO);
+                self.ended_rental(&r, charged)?;
             }
         }
         self.active = now_active;
@@ -180,8 +181,9 @@ impl Checker {
         Ok(())
     }
 
-    /// The cost rule for a rental in a terminal state, once.
-    fn ended_rental(&mut self, r: &Rental) -> Result<(), String> {
+    /// The cost rule for a rental in a terminal state, once; `charged` is what its
+    /// ledger charges add up to.
+    fn ended_rental(&mut self, r: &Rental, charged: Usd) -> Result<(), String> {
         if !r.state.is_terminal() || !self.ended.insert(r.id.clone()) {
             return Ok(());
         }
@@ -199,7 +201,6 @@ impl Checker {
                 r.id, r.state, r.termination_reason, r.cost, secs, r.price_per_hour, due
             )
         })?;
-        let charged = -self.by_rental.get(&r.id).copied().unwrap_or(Usd::ZERO);
         self.ok(charged == r.cost, || {
             format!(
                 "rental {}: its charges sum to {} but its cost is {}",
@@ -338,7 +339,7 @@ impl Checker {
             })?;
             if r.state.is_terminal() {
                 self.ended.remove(&r.id);
-                self.ended_rental(r)?;
+                self.ended_rental(r, charged)?;
             }
         }
         Ok(())

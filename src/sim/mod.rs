@@ -130,7 +130,8 @@ pub async fn run(opts: &Options) -> Result<Summary, String> {
     };
     let end = T0 + opts.days as Millis * DAY_MS;
     let mut next_audit = T0 + DAY_MS;
-    let grace = ((cadence.1 + 2 * cadence.0) * 1000) as Millis;
+    // What the daemon promises: an orphan is gone within a sweep (plus two syncs).
+    let grace = ((CADENCE.1 + 2 * CADENCE.0) * 1000) as Millis;
     let result: Result<(), String> = async {
         let mut step = 0u64;
         while clock.now() < end {

@@ -701,22 +701,31 @@ impl Workload {
         let offers = node
             .cloud(Method::GET, &format!("/{cloud}/offers"), None)
             .await?;
-        let Some(o) = offers.body["offers"]
+        let list = offers.body["offers"]
             .as_array()
-            .and_then(|o| o.first())
             .cloned()
-        else {
-            return Ok(());
-        };
-        let r = node
-            .cloud(
-                Method::POST,
-                &format!("/{cloud}/instances"),
-                Some(json!({"offer_id": o["id"], "label": "rnt_injectedorphan01", "env": {}})),
-            )
-            .await?;
-        self.injected = r.status == 201;
-        Ok(())
+            .unwrap_or_default();
+        for o in list
+            .iter()
+            .filter(|o| o["available"].as_u64().unwrap_or(0) > 0)
+        {
+            let r = node
+                .cloud(
+                    Method::POST,
+                    &format!("/{cloud}/instances"),
+                    Some(json!({"offer_id": o["id"], "label": "rnt_injectedorphan01"})),
+                )
+                .await?;
+            if r.status == 201 {
+                self.injected = true;
+                self.log(node, &format!("planted an orphan on {cloud}: {}", r.text));
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "could not plant an orphan on {cloud}: {}",
+            offers.text.chars().take(300).collect::<String>()
+        ))
     }
 
     fn lose_an_ack(&mut self, node: &Node) -> Result<(), String> {
