@@ -80,6 +80,9 @@ pub struct SimulateArgs {
     /// Simulated days.
     #[arg(long, default_value_t = 30)]
     pub days: u64,
+    /// Extra simulated hours, added to --days.
+    #[arg(long, default_value_t = 0)]
+    pub hours: u64,
     /// The seed of the workload and of the sandbox clouds.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -248,6 +251,7 @@ fn serve(a: ServeArgs, env: &[(String, String)]) -> ExitCode {
 fn simulate(a: SimulateArgs) -> ExitCode {
     let opts = crate::sim::Options {
         days: a.days,
+        hours: a.hours,
         seed: a.seed,
         inject: a.inject,
         inject_after: a.inject_after,

@@ -46,6 +46,8 @@ pub enum Fault {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub days: u64,
+    /// Extra simulated hours (short runs in tests).
+    pub hours: u64,
     pub seed: u64,
     /// Inject this defect (from step `inject_after` on) and expect a violation.
     pub inject: Option<Fault>,
@@ -128,7 +130,7 @@ pub async fn run(opts: &Options) -> Result<Summary, String> {
         seed: opts.seed,
         ..Summary::default()
     };
-    let end = T0 + opts.days as Millis * DAY_MS;
+    let end = T0 + opts.days as Millis * DAY_MS + opts.hours as Millis * 3_600_000;
     let mut next_audit = T0 + DAY_MS;
     // What the daemon promises: an orphan is gone within a sweep (plus two syncs).
     let grace = ((CADENCE.1 + 2 * CADENCE.0) * 1000) as Millis;

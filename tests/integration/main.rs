@@ -27,3 +27,4 @@ mod providers_vastai;
 mod rentals_api;
 mod restart;
 mod shipping;
+mod simulate;
