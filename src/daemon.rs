@@ -344,7 +344,10 @@ impl Daemon {
         std::fs::write(self.cfg.data_dir.join("spotd.addr"), format!("{bound}\n"))
             .map_err(|e| format!("cannot write spotd.addr: {e}"))?;
         if self.announce {
-            println!("spotd listening on http://{bound}");
+            // Not println!: a closed stdout must not stop the daemon.
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "spotd listening on http://{bound}").and_then(|_| out.flush());
         }
         tracing::info!(addr = %bound, sandbox = self.cfg.sandbox_mode(), "spotd listening");
         self.notifier.ready();

@@ -40,6 +40,7 @@ pub struct Metrics {
     provider_errors: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
     cold_starts: AtomicU64,
     reaps: AtomicU64,
+    log_write_errors: AtomicU64,
 }
 
 static METRICS: Metrics = Metrics {
@@ -47,6 +48,7 @@ static METRICS: Metrics = Metrics {
     provider_errors: Mutex::new(BTreeMap::new()),
     cold_starts: AtomicU64::new(0),
     reaps: AtomicU64::new(0),
+    log_write_errors: AtomicU64::new(0),
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +104,11 @@ pub fn cold_start() {
 /// Counts one deployment terminated by the idle reaper.
 pub fn reap() {
     METRICS.reaps.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A log line could not be written (stderr closed or full): it is dropped, counted.
+pub fn log_write_error() {
+    METRICS.log_write_errors.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Escapes a label value for the text format.
@@ -214,6 +221,17 @@ pub fn render_counters(out: &mut String) {
         out,
         "spotd_idle_reaps_total {}",
         METRICS.reaps.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "spotd_log_write_errors_total",
+        "counter",
+        "Log lines dropped because stderr could not be written (a log reader gone).",
+    );
+    let _ = writeln!(
+        out,
+        "spotd_log_write_errors_total {}",
+        METRICS.log_write_errors.load(Ordering::Relaxed)
     );
 }
 

@@ -3,6 +3,11 @@
 //!
 //! The JSON format is a small `FormatEvent` rather than tracing-subscriber's `json`
 //! feature, which would pull in another crate for one line of output per event.
+//!
+//! A log line that cannot be written (stderr closed: the reader of a pipe went away, a
+//! full disk) is dropped and counted (`spotd_log_write_errors_total`), never an error:
+//! tracing-subscriber would report it with `eprint!`, which panics on a closed stderr,
+//! in whatever task was logging (a request, the signal handler).
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -33,7 +38,8 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| QuietStderr)
+        .log_internal_errors(false);
     // try_init: a second init (tests, embedding) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder
@@ -46,6 +52,23 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
     };
     if let Some(e) = bad {
         tracing::warn!("SPOTD_LOG is not a valid filter ({e}); using info");
+    }
+}
+
+/// stderr, where a failed write is counted and dropped.
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            crate::metrics::log_write_error();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -46,8 +46,19 @@ impl Drop for Spawned {
 /// Spawns `spotd serve` in sandbox mode on `dir` with extra environment; returns the
 /// child (stderr to `dir/daemon.log`) and its base URL.
 fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Spawned, String) {
-    std::fs::write(dir.join("test.toml"), FAST).unwrap();
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    spawn_logging_to(dir, env, Stdio::from(log), |_| {})
+}
+
+/// [`spawn`] with stderr going to `stderr`; `started` gets the child as soon as it is
+/// spawned (to close its stderr pipe before it logs anything, say).
+fn spawn_logging_to(
+    dir: &Path,
+    env: &[(&str, &str)],
+    stderr: Stdio,
+    started: impl FnOnce(&mut Child),
+) -> (Spawned, String) {
+    std::fs::write(dir.join("test.toml"), FAST).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args([
         "serve",
@@ -61,7 +72,7 @@ fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Spawned, String) {
     .arg(dir.join("test.toml"))
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
-    .stderr(Stdio::from(log));
+    .stderr(stderr);
     for (k, _) in std::env::vars() {
         if k.starts_with("SPOTD_") || k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") {
             cmd.env_remove(k);
@@ -69,6 +80,7 @@ fn spawn(dir: &Path, env: &[(&str, &str)]) -> (Spawned, String) {
     }
     cmd.envs(env.iter().copied());
     let mut child = Spawned(cmd.spawn().unwrap());
+    started(&mut child);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -551,4 +563,55 @@ fn version_names_the_commit() {
         v.starts_with(&format!("spotd {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{v}"
     );
+}
+
+/// A log reader that went away (`spotd serve 2>&1 | head -1`, a crashed collector)
+/// must not stop serving: with stderr a pipe nobody reads from the start, the daemon
+/// starts, answers every request, counts the lost lines, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_never_breaks_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_logging_to(dir.path(), &[], Stdio::piped(), |c| {
+        drop(c.stderr.take()); // the reader is gone before the first line
+    });
+    let key = std::fs::read_to_string(dir.path().join("demo.key")).unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let client = spotd::http_client::HttpClient::new(Duration::from_secs(10));
+    // Within the default rate limit's burst (40).
+    for i in 0..5 {
+        for (path, k) in [
+            ("/v1/credits", key.trim()),
+            ("/v1/gpus/offers?limit=5", key.trim()),
+            ("/v1/nope", key.trim()),
+        ] {
+            let r = client
+                .send(Method::GET, &format!("{url}{path}"), Some(k), &[], None)
+                .await
+                .unwrap_or_else(|e| panic!("request {i} to {path} got no answer: {e}"));
+            let want = if path == "/v1/nope" { 404 } else { 200 };
+            assert_eq!(
+                r.status.as_u16(),
+                want,
+                "{path}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    }
+    let m = client
+        .send(
+            Method::GET,
+            &format!("{url}/metrics"),
+            Some(admin.trim()),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&m.body).to_string();
+    let lost: u64 = sample(&body, "spotd_log_write_errors_total")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(lost > 0, "the dropped lines are counted: {body}");
+    let status = sigterm_and_wait(&mut child);
+    assert!(status.success(), "a clean stop on SIGTERM: {status:?}");
 }
