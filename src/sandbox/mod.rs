@@ -50,7 +50,9 @@
 //!   /<cloud>/offers` answers 500 `{"error": "simulated_failure"}` (a failing provider).
 //!   Optional fields: `"down": true|false`, while true every protocol call of the cloud
 //!   answers 503 (a provider down); `"create_lies": N`, the next N creates make the
-//!   instance and answer 500 all the same (a create that fails although it created).
+//!   instance and answer 500 all the same (a create that fails although it created);
+//!   `"create_delay_seconds": N`, every create waits N s of the sandbox's clock before
+//!   it acts (a create in flight, for as long as a test wants).
 
 mod catalog;
 mod llm;
@@ -166,6 +168,7 @@ pub async fn start(
                 fail_offers: AtomicBool::new(false),
                 down: AtomicBool::new(false),
                 create_lies: AtomicUsize::new(0),
+                create_delay_seconds: AtomicUsize::new(0),
             })
             .collect(),
         instances: tokio::sync::Mutex::new(instances),
@@ -301,6 +304,8 @@ pub(crate) struct CloudState {
     down: AtomicBool,
     /// Set by `_control/fail`: this many more creates make the instance, answer 500.
     create_lies: AtomicUsize,
+    /// Set by `_control/fail`: creates wait this many seconds (clock time) first.
+    create_delay_seconds: AtomicUsize,
 }
 
 #[derive(Default)]

@@ -326,12 +326,16 @@ async fn cloud_route(
                 down: bool,
                 #[serde(default)]
                 create_lies: usize,
+                #[serde(default)]
+                create_delay_seconds: usize,
             }
             match serde_json::from_slice::<Fail>(body) {
                 Ok(f) => {
                     c.fail_offers.store(f.offers, Ordering::SeqCst);
                     c.down.store(f.down, Ordering::SeqCst);
                     c.create_lies.store(f.create_lies, Ordering::SeqCst);
+                    c.create_delay_seconds
+                        .store(f.create_delay_seconds, Ordering::SeqCst);
                     Reply::json(
                         StatusCode::OK,
                         &json!({"offers": f.offers, "down": f.down, "create_lies": f.create_lies}),
@@ -372,6 +376,10 @@ async fn offers(st: &Arc<State>, c: &CloudState) -> Reply {
 }
 
 async fn create(st: &Arc<State>, c: &CloudState, body: &[u8]) -> Reply {
+    let delay = c.create_delay_seconds.load(Ordering::SeqCst);
+    if delay > 0 {
+        st.clock.sleep(delay as i64 * 1000).await;
+    }
     let req: CreateInstance = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return Reply::err(StatusCode::BAD_REQUEST, &format!("bad_request: {e}")),

@@ -49,6 +49,9 @@ pub struct Workload {
     down: HashMap<String, Millis>,
     /// The node is down until this clock time (a crash or stop with downtime).
     down_until: Option<Millis>,
+    /// A rent the daemon was in the middle of (its create call in flight) when it
+    /// crashed: retried with its key after the restart.
+    interrupted: Option<(usize, String, Value)>,
     injected: bool,
     seq: u64,
 }
@@ -64,6 +67,7 @@ impl Workload {
             rents: Vec::new(),
             down: HashMap::new(),
             down_until: None,
+            interrupted: None,
             injected: false,
             seq: 0,
         }
@@ -124,7 +128,16 @@ impl Workload {
                 self.down_until = None;
                 restarted = true;
                 self.log(node, "daemon started again");
+                // The sandbox clouds restarted with the daemon: their outages go on.
+                for cloud in self.down.keys() {
+                    let body = json!({"offers": true, "down": true});
+                    let r = node
+                        .cloud(Method::POST, &format!("/{cloud}/_control/fail"), Some(body))
+                        .await?;
+                    expect(&r.status, &[200], "a cloud stays down", &r.text)?;
+                }
                 self.retry_after_crash(node).await?;
+                self.retry_interrupted_rent(node).await?;
             } else {
                 return Ok(false);
             }
@@ -141,12 +154,13 @@ impl Workload {
             480..=699 => self.chat(node, summary, checker, inject).await?,
             700..=739 => self.cold(node).await?,
             740..=749 => self.provider_fault(node, summary).await?,
-            750..=759 => {
+            750..=754 => {
                 self.log(node, "crash");
                 node.crash().await;
                 summary.crashes += 1;
                 self.down_until = Some(node.clock.now() + self.below(1_800_000) as Millis);
             }
+            755..=759 => self.crash_mid_rent(node, summary).await?,
             760..=764 => {
                 self.log(node, "graceful stop");
                 node.stop().await?;
@@ -498,6 +512,84 @@ impl Workload {
             .cloud(Method::POST, &format!("/{cloud}/_control/fail"), Some(body))
             .await?;
         expect(&r.status, &[200], "provider fault", &r.text)
+    }
+
+    /// A crash while a rent's provider create is in flight: the cloud holds creates
+    /// for a while (on the clock, which stands still), the rent is sent, and the daemon
+    /// is killed with the call outstanding.
+    async fn crash_mid_rent(
+        &mut self,
+        node: &mut Node,
+        summary: &mut Summary,
+    ) -> Result<(), String> {
+        let Some(i) = self.pick_account() else {
+            return Ok(());
+        };
+        let clouds = crate::sandbox::cloud_names();
+        let cloud = clouds[self.below(clouds.len() as u64) as usize].clone();
+        if self.down.contains_key(&cloud) {
+            return Ok(());
+        }
+        let key = self.accounts[i].key.clone();
+        let path = format!("/v1/gpus/offers?provider={cloud}&sort=price&limit=10");
+        let r = node.call(Method::GET, &path, &key, &[], None).await?;
+        let Some(o) = r.body["data"].as_array().and_then(|d| d.first()).cloned() else {
+            return Ok(());
+        };
+        let hold = json!({"offers": false, "create_delay_seconds": 600});
+        let c = node
+            .cloud(Method::POST, &format!("/{cloud}/_control/fail"), Some(hold))
+            .await?;
+        expect(&c.status, &[200], "hold creates", &c.text)?;
+        let idem = self.key_name("rent");
+        let body = json!({"offer_id": o["id"]});
+        node.call_in_background("/v1/gpus/rentals", &key, &idem, body.clone());
+        // Real time for the request to reach the cloud, where it waits on the clock.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        self.log(node, &format!("crash with a rent in flight on {cloud}"));
+        node.crash().await;
+        summary.crashes += 1;
+        self.interrupted = Some((i, idem, body));
+        self.down_until = Some(node.clock.now() + self.below(600_000) as Millis);
+        Ok(())
+    }
+
+    /// The rent that was in flight at the crash, retried with its key: it rents (anew,
+    /// the abandoned attempt failed for nothing) or is refused as any rent can be.
+    async fn retry_interrupted_rent(&mut self, node: &Node) -> Result<(), String> {
+        let Some((i, idem, body)) = self.interrupted.take() else {
+            return Ok(());
+        };
+        let key = self.accounts[i].key.clone();
+        let headers = [("Idempotency-Key", idem.as_str())];
+        let r = node
+            .call(
+                Method::POST,
+                "/v1/gpus/rentals",
+                &key,
+                &headers,
+                Some(body.clone()),
+            )
+            .await?;
+        expect(
+            &r.status,
+            &[201, 402, 404, 409, 503],
+            "the rent retried after a crash",
+            &r.text,
+        )?;
+        if r.status == 201 {
+            let id = str_of(&r.body["id"])?;
+            self.log(node, &format!("rent {id} after the crash: {body}"));
+            self.rentals.push((id.clone(), i));
+            self.rents.push(Acked {
+                path: "/v1/gpus/rentals".into(),
+                idem,
+                body,
+                id,
+                key,
+            });
+        }
+        Ok(())
     }
 
     async fn heal_clouds(&mut self, node: &Node) -> Result<(), String> {

@@ -235,6 +235,20 @@ impl Node {
         r.map(Answer::from).map_err(|e| e.to_string())
     }
 
+    /// Starts a call without waiting for it (a request the daemon is in the middle of
+    /// when it crashes).
+    pub fn call_in_background(&self, path: &str, key: &str, idem: &str, body: Value) {
+        let (client, url) = (self.client.clone(), format!("{}{path}", self.url));
+        let (key, idem) = (key.to_string(), idem.to_string());
+        tokio::spawn(async move {
+            let headers = [("Idempotency-Key", idem.as_str())];
+            let body = Some(body.to_string().into_bytes());
+            let _ = client
+                .send(hyper::Method::POST, &url, Some(&key), &headers, body)
+                .await;
+        });
+    }
+
     /// A call to the sandbox clouds (their protocol or control endpoints).
     pub async fn cloud(
         &self,
