@@ -79,7 +79,7 @@ fn rental(id: String, account: &str) -> Rental {
 fn op(tx: &Tx<'_>, account: &str, rental_id: String) -> Result<(), Error> {
     let mut a = tx
         .account(account)?
-        .ok_or_else(|| Error::Internal("no account".into()))?;
+        .ok_or_else(|| Error::Bug("no account".into()))?;
     let mut r = rental(rental_id, account);
     ledger::place_hold(tx, &mut a, &mut r, 0)?;
     ledger::charge_rental(tx, &mut a, &mut r, Usd(1_000), None, 0)?;

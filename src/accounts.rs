@@ -39,10 +39,13 @@ fn issue_key_with_id(tx: &Tx<'_>, account_id: &str, id: String, now: i64) -> Res
 pub fn validate_name(name: &str) -> Result<()> {
     let n = name.trim();
     if n.is_empty() || n.len() > 100 {
-        return Err(Error::bad_param("name", "name must be 1 to 100 characters"));
+        return Err(Error::invalid_param(
+            "name",
+            "name must be 1 to 100 characters",
+        ));
     }
     if n.chars().any(|c| c.is_control()) {
-        return Err(Error::bad_param(
+        return Err(Error::invalid_param(
             "name",
             "name must not contain control characters",
         ));
@@ -71,7 +74,10 @@ pub async fn create_account_with_id(
 ) -> Result<(Account, IssuedKey)> {
     validate_name(name)?;
     if credit.is_negative() {
-        return Err(Error::bad_param("credit", "credit must not be negative"));
+        return Err(Error::invalid_param(
+            "credit",
+            "credit must not be negative",
+        ));
     }
     let name = name.trim().to_string();
     let clock = clock.clone();
@@ -136,9 +142,7 @@ pub async fn add_credit_once(
                         .ledger(&id, Some(seq + 1), 1)?
                         .into_iter()
                         .next()
-                        .ok_or_else(|| {
-                            Error::Internal(format!("credit marker {m} names no entry"))
-                        })?;
+                        .ok_or_else(|| Error::Bug(format!("credit marker {m} names no entry")))?;
                     return Ok((a, e));
                 }
             }
@@ -155,7 +159,7 @@ pub async fn add_credit_once(
 pub async fn create_key(store: &Store, clock: &Clock, account_id: &str) -> Result<IssuedKey> {
     match create_key_with_id(store, clock, account_id, None).await? {
         (key, Some(secret)) => Ok(IssuedKey { key, secret }),
-        (_, None) => Err(Error::Internal("a new key without its secret".into())),
+        (_, None) => Err(Error::Bug("a new key without its secret".into())),
     }
 }
 
@@ -205,20 +209,22 @@ pub async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Result<Ap
         .await
 }
 
-/// The account a bearer secret belongs to, or 401.
+/// The account a bearer secret belongs to, or `Unauthenticated`.
 pub async fn authenticate(store: &Store, secret: &str) -> Result<(Account, ApiKey)> {
     let hash = ids::hash_secret(secret);
     store
         .read(move |rx| {
             let k = rx
                 .api_key_by_hash(&hash)?
-                .ok_or_else(|| Error::Unauthorized("invalid API key".into()))?;
+                .ok_or_else(|| Error::Unauthenticated("invalid API key".into()))?;
             if k.revoked_at.is_some() {
-                return Err(Error::Unauthorized("this API key has been revoked".into()));
+                return Err(Error::Unauthenticated(
+                    "this API key has been revoked".into(),
+                ));
             }
             let a = rx
                 .account(&k.account_id)?
-                .ok_or_else(|| Error::Unauthorized("invalid API key".into()))?;
+                .ok_or_else(|| Error::Unauthenticated("invalid API key".into()))?;
             Ok((a, k))
         })
         .await

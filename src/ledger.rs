@@ -36,7 +36,7 @@ pub fn append(
         account.balance = account
             .balance
             .checked_add(amount)
-            .ok_or_else(|| Error::bad("amount out of range"))?;
+            .ok_or_else(|| Error::invalid("amount out of range"))?;
     }
     account.ledger_seq += 1;
     let e = LedgerEntry {
@@ -64,7 +64,7 @@ pub fn credit(
     now: Millis,
 ) -> Result<LedgerEntry> {
     if amount == Usd::ZERO {
-        return Err(Error::bad_param("amount", "amount must not be zero"));
+        return Err(Error::invalid_param("amount", "amount must not be zero"));
     }
     if amount.is_negative() && account.available() + amount < Usd::ZERO {
         return Err(Error::InsufficientCredit(format!(
@@ -86,7 +86,7 @@ pub fn credit(
     )
 }
 
-/// Places the rental's hold (`rental.hold`), or refuses with 402.
+/// Places the rental's hold (`rental.hold`), or refuses with `InsufficientCredit`.
 pub fn place_hold(
     tx: &Tx<'_>,
     account: &mut Account,

@@ -275,7 +275,7 @@ impl Inference {
                     Status::Deploying(r)
                 })
             }
-            Err(Error::Conflict { code: "no_capacity", .. }) => Err(Error::Unavailable(format!(
+            Err(Error::Conflict { code: "no_capacity", .. }) => Err(Error::ProviderUnavailable(format!(
                 "no spot GPU offer can host model '{}' right now (it needs {} GB of GPU memory); try again later",
                 m.id, m.min_vram_gb
             ))),
@@ -375,22 +375,24 @@ impl Inference {
         prefer_wait: Option<u64>,
     ) -> Result<Answer> {
         let mut req: Value = serde_json::from_slice(body)
-            .map_err(|e| Error::bad(format!("invalid JSON body: {e}")))?;
+            .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))?;
         if !req.is_object() {
-            return Err(Error::bad("the request body must be a JSON object"));
+            return Err(Error::invalid("the request body must be a JSON object"));
         }
         let model = req
             .get("model")
             .and_then(Value::as_str)
-            .ok_or_else(|| Error::bad_param("model", "'model' is required and must be a string"))?
+            .ok_or_else(|| {
+                Error::invalid_param("model", "'model' is required and must be a string")
+            })?
             .to_string();
         let stream = match req.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(Error::bad_param("stream", "'stream' must be a boolean")),
+            Some(_) => return Err(Error::invalid_param("stream", "'stream' must be a boolean")),
         };
         if stream && ep == Endpoint::Embeddings {
-            return Err(Error::bad_param("stream", "embeddings do not stream"));
+            return Err(Error::invalid_param("stream", "embeddings do not stream"));
         }
         match self.catalog.get(&model).cloned() {
             None => Err(model_not_found(&model)),
@@ -457,7 +459,7 @@ impl Inference {
         }
         let prompt_words = prompt_words(req);
         let request_id = ids::new_id("req");
-        let body = serde_json::to_vec(&*req).map_err(|e| Error::Internal(e.to_string()))?;
+        let body = serde_json::to_vec(&*req).map_err(|e| Error::Bug(e.to_string()))?;
         let url = format!("{}{}", h.base_url, ep.path());
         let resp = self
             .forward(&url, h.api_key.as_deref(), body, &h.upstream)
@@ -519,11 +521,11 @@ impl Inference {
         let endpoint = r
             .endpoint
             .clone()
-            .ok_or_else(|| Error::BadGateway("the deployment has no endpoint".into()))?;
+            .ok_or_else(|| Error::UpstreamFailed("the deployment has no endpoint".into()))?;
         let request_id = ids::new_id("req");
         let act = self.activity_handle();
         act.activity.begin(&r.id, self.clock.now());
-        let body = serde_json::to_vec(req).map_err(|e| Error::Internal(e.to_string()))?;
+        let body = serde_json::to_vec(req).map_err(|e| Error::Bug(e.to_string()))?;
         let url = format!("{endpoint}{}", ep.path());
         let resp = match self
             .forward(&url, deployment_key(r), body, "deployment")
@@ -564,8 +566,9 @@ impl Inference {
         }
     }
 
-    /// Sends the request upstream; maps failures to 502/504 and upstream 5xx to 502.
-    /// Upstream 4xx answers pass through as they are (they are the caller's mistake).
+    /// Sends the request upstream: a timeout is `UpstreamTimedOut`, any other failure
+    /// and an upstream 5xx are `UpstreamFailed`. Upstream 4xx answers pass through as
+    /// they are (they are the caller's mistake).
     async fn forward(
         &self,
         url: &str,
@@ -578,11 +581,11 @@ impl Inference {
             .post_streaming(url, key, body, self.cfg.upstream_timeout)
             .await
             .map_err(|e| match e {
-                HttpError::Timeout(d) => Error::GatewayTimeout(format!(
+                HttpError::Timeout(d) => Error::UpstreamTimedOut(format!(
                     "the upstream ({who}) did not answer within {} s",
                     d.as_secs()
                 )),
-                other => Error::BadGateway(format!("the upstream ({who}) failed: {other}")),
+                other => Error::UpstreamFailed(format!("the upstream ({who}) failed: {other}")),
             })?;
         if resp.status >= 500 {
             let status = resp.status;
@@ -595,7 +598,7 @@ impl Inference {
                         .map(str::to_string)
                 })
                 .unwrap_or_default();
-            return Err(Error::BadGateway(format!(
+            return Err(Error::UpstreamFailed(format!(
                 "the upstream ({who}) answered {status}{}{msg}",
                 if msg.is_empty() { "" } else { ": " }
             )));
@@ -667,7 +670,7 @@ impl HostedBilling {
             .write(move |tx| {
                 let mut a = tx
                     .account(&acct)?
-                    .ok_or_else(|| Error::Internal("account vanished".into()))?;
+                    .ok_or_else(|| Error::Bug("account vanished".into()))?;
                 let charged = ledger::charge_request(tx, &mut a, cost, &rid, text, clock.now())?;
                 tx.put_account(&a)?;
                 Ok::<_, Error>(charged)
@@ -723,7 +726,7 @@ async fn read_all(r: Upstream) -> Result<(u16, Bytes)> {
     let bytes = r
         .bytes(MAX_UPSTREAM_BODY)
         .await
-        .map_err(|e| Error::BadGateway(format!("reading the upstream answer: {e}")))?;
+        .map_err(|e| Error::UpstreamFailed(format!("reading the upstream answer: {e}")))?;
     Ok((status, bytes))
 }
 

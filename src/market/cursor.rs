@@ -58,7 +58,7 @@ impl Cursor {
 
     pub fn decode(token: &str, filter: &OfferFilter, sort: Sort) -> Result<Cursor, Error> {
         let bad = || {
-            Error::bad_param(
+            Error::invalid_param(
                 "cursor",
                 "cursor is not valid for this query: pass the next_cursor of the previous page unchanged, with the same filters and sort",
             )

@@ -167,7 +167,7 @@ impl Market {
     /// One page of offers matching `q`, in `q.sort` order (ties by id).
     pub fn query(&self, q: &OfferQuery) -> Result<OfferPage, Error> {
         if !(1..=MAX_LIMIT).contains(&q.limit) {
-            return Err(Error::bad_param(
+            return Err(Error::invalid_param(
                 "limit",
                 format!("limit must be from 1 to {MAX_LIMIT}"),
             ));
@@ -184,7 +184,7 @@ impl Market {
                             .at_rank(q.sort, c.rank as usize)
                             .is_some_and(|o| o.id == c.id);
                         if !same {
-                            return Err(Error::bad_param(
+                            return Err(Error::invalid_param(
                                 "cursor",
                                 "cursor does not match this market's offers",
                             ));

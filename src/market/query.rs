@@ -230,17 +230,18 @@ const PARAMS: &str = "gpu, gpu_count, min_gpu_count, min_vram_gb, max_price, pro
 impl OfferQuery {
     /// Parses the query string of `GET /v1/gpus/offers` (without the `?`). `+` and
     /// `%20` decode to a space. A parameter given with an empty value counts as not
-    /// given (what HTML forms send); one given twice, unknown, or with a bad value is a
-    /// 400 naming it.
+    /// given (what HTML forms send); one given twice, unknown, or with a bad value is
+    /// `Invalid`, naming it.
     pub fn from_query_string(qs: &str) -> Result<OfferQuery, Error> {
         let mut q = OfferQuery::default();
         let mut seen: Vec<String> = Vec::new();
         for pair in qs.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = percent_decode(k).map_err(|m| Error::bad(format!("query string: {m}")))?;
-            let value = percent_decode(v).map_err(|m| Error::bad_param(&name, m))?;
+            let name =
+                percent_decode(k).map_err(|m| Error::invalid(format!("query string: {m}")))?;
+            let value = percent_decode(v).map_err(|m| Error::invalid_param(&name, m))?;
             if seen.contains(&name) {
-                return Err(Error::bad_param(
+                return Err(Error::invalid_param(
                     &name,
                     format!("query parameter '{name}' is given more than once"),
                 ));
@@ -249,7 +250,7 @@ impl OfferQuery {
             let value = value.trim();
             let known = PARAMS.split(", ").any(|p| p == name);
             if !known {
-                return Err(Error::bad_param(
+                return Err(Error::invalid_param(
                     &name,
                     format!("unknown query parameter '{name}'; known: {PARAMS}"),
                 ));
@@ -265,13 +266,13 @@ impl OfferQuery {
                 "min_vram_gb" => f.min_vram_gb = Some(uint(&name, value)?),
                 "max_price" => {
                     let p = Usd::parse(value).map_err(|_| {
-                        Error::bad_param(
+                        Error::invalid_param(
                             &name,
                             format!("max_price must be a USD amount per hour like 2.5 (at most 6 decimals), got '{value}'"),
                         )
                     })?;
                     if p.is_negative() {
-                        return Err(Error::bad_param(&name, "max_price must not be negative"));
+                        return Err(Error::invalid_param(&name, "max_price must not be negative"));
                     }
                     f.max_price = Some(p);
                 }
@@ -282,7 +283,7 @@ impl OfferQuery {
                         "true" => true,
                         "false" => false,
                         _ => {
-                            return Err(Error::bad_param(
+                            return Err(Error::invalid_param(
                                 &name,
                                 format!("interruptible must be true or false, got '{value}'"),
                             ))
@@ -291,7 +292,7 @@ impl OfferQuery {
                 }
                 "sort" => {
                     q.sort = Sort::parse(value).ok_or_else(|| {
-                        Error::bad_param(
+                        Error::invalid_param(
                             &name,
                             format!("sort must be one of price, -price, price_per_gpu, reliability, -vram_gb; got '{value}'"),
                         )
@@ -313,7 +314,7 @@ impl OfferQuery {
 }
 
 fn limit_err(value: &str) -> Error {
-    Error::bad_param(
+    Error::invalid_param(
         "limit",
         format!("limit must be a whole number from 1 to {MAX_LIMIT}, got '{value}'"),
     )
@@ -321,7 +322,7 @@ fn limit_err(value: &str) -> Error {
 
 fn uint(name: &str, value: &str) -> Result<u32, Error> {
     value.parse::<u32>().map_err(|_| {
-        Error::bad_param(
+        Error::invalid_param(
             name,
             format!(
                 "{name} must be a whole number from 0 to {}, got '{value}'",
@@ -333,7 +334,7 @@ fn uint(name: &str, value: &str) -> Result<u32, Error> {
 
 fn count(name: &str, value: &str) -> Result<u32, Error> {
     match uint(name, value)? {
-        0 => Err(Error::bad_param(
+        0 => Err(Error::invalid_param(
             name,
             format!("{name} must be at least 1, got '{value}'"),
         )),

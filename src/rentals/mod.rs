@@ -124,13 +124,13 @@ impl Rentals {
     }
 
     fn provider(&self, name: &str) -> Result<Arc<dyn Provider>> {
-        self.registry
-            .get(name)
-            .ok_or_else(|| Error::Unavailable(format!("provider '{name}' is not configured")))
+        self.registry.get(name).ok_or_else(|| {
+            Error::ProviderUnavailable(format!("provider '{name}' is not configured"))
+        })
     }
 
     /// Runs `f` on the rental and its account in one transaction and writes both back.
-    /// `account_id` restricts it to that account's rentals (404 otherwise).
+    /// `account_id` restricts it to that account's rentals (`NotFound` otherwise).
     pub async fn update<R, F>(
         &self,
         id: &str,
@@ -150,9 +150,9 @@ impl Rentals {
                     .rental(&id)?
                     .filter(|r| owner.as_deref().is_none_or(|o| o == r.account_id))
                     .ok_or_else(|| Error::NotFound(format!("no rental with id '{id}'")))?;
-                let mut a = tx.account(&r.account_id)?.ok_or_else(|| {
-                    Error::Internal(format!("rental {id} names a missing account"))
-                })?;
+                let mut a = tx
+                    .account(&r.account_id)?
+                    .ok_or_else(|| Error::Bug(format!("rental {id} names a missing account")))?;
                 let now = clock.now();
                 let out = f(tx, &mut a, &mut r, now)?;
                 r.updated_at = now;
@@ -371,7 +371,9 @@ impl Rentals {
                 TerminationReason::ProvisionFailed,
             ),
             e => (
-                Error::Unavailable(format!("the provider could not create the instance: {e}")),
+                Error::ProviderUnavailable(format!(
+                    "the provider could not create the instance: {e}"
+                )),
                 TerminationReason::ProviderError,
             ),
         };
@@ -417,9 +419,7 @@ impl Rentals {
         let clock = self.clock.clone();
         self.store
             .write(move |tx| {
-                let mut a = tx
-                    .account(&account_id)?
-                    .ok_or_else(|| Error::Unauthorized("the account no longer exists".into()))?;
+                let mut a = tx.account(&account_id)?.ok_or_else(|| Error::AccountGone)?;
                 let active = tx.count_active(&account_id)?;
                 if active >= u64::from(cfg.max_active_rentals_per_account) {
                     return Err(Error::conflict(
@@ -502,7 +502,7 @@ impl Rentals {
 
     /// Records the provider's instance for a rental. A rental that ended meanwhile
     /// (failed: the workers gave up on a slow create) does not take it: the instance is
-    /// terminated and the rent answers 503.
+    /// terminated and the rent fails with `ProviderUnavailable`.
     async fn adopt(&self, id: &str, inst: Instance) -> Result<Rental> {
         let iid = inst.id.clone();
         let (r, taken) = self
@@ -521,7 +521,7 @@ impl Rentals {
             if let Ok(p) = self.provider(&r.provider) {
                 let _ = p.terminate(&iid).await;
             }
-            return Err(Error::Unavailable(format!(
+            return Err(Error::ProviderUnavailable(format!(
                 "the provider answered too late: rental {} had already {}",
                 r.id,
                 r.state.as_str()

@@ -26,25 +26,59 @@ use tokio::sync::oneshot;
 use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
 use tables::*;
 
+/// What can go wrong in the store. The cause, where there is one, is the `source()`
+/// (shared with an `Arc`, so one failed commit can answer every operation in its batch).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// redb failed: I/O, a damaged file, a transaction it could not begin or commit.
     #[error("storage: {0}")]
-    Db(String),
+    Db(#[source] Arc<redb::Error>),
+    /// bincode could not encode a record.
+    #[error("record codec: encode: {0}")]
+    Encode(#[source] Arc<bincode::error::EncodeError>),
+    /// bincode could not decode a record's body as the type asked.
+    #[error("record codec: decode: {0}")]
+    Decode(#[source] Arc<bincode::error::DecodeError>),
+    /// A record's framing is wrong: empty, a version byte without a decoder, bytes left
+    /// over after the body.
     #[error("record codec: {0}")]
     Codec(String),
+    /// The file was written by a spotd with another schema than this one migrates from.
+    #[error("storage: database schema version {found} is not supported by this spotd (expects {expected})")]
+    UnsupportedSchema { found: u32, expected: u32 },
+    /// The writer thread could not be started.
+    #[error("storage: cannot start writer thread: {0}")]
+    WriterThread(#[source] Arc<std::io::Error>),
+    /// The operation panicked in the writer, so it has no answer.
+    #[error("storage: the write was abandoned (an operation panicked)")]
+    Abandoned,
+    /// The operation was sound, but another one in its batch failed after writing (or
+    /// panicked), and the batch's transaction was rolled back with it.
+    #[error("storage: rolled back with a failed operation")]
+    RolledBack,
+    /// A read on the blocking pool panicked or was cancelled.
+    #[error("storage: read task failed: {0}")]
+    ReadTask(#[source] Arc<tokio::task::JoinError>),
+    /// The writer has stopped ([`Store::close`]).
     #[error("the store is closed")]
     Closed,
 }
 
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Db(Arc::new(e))
+    }
+}
+
+/// redb has one error type per operation; each converges on `redb::Error`.
 macro_rules! db_err {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+            fn from(e: $t) -> Self { StoreError::Db(Arc::new(e.into())) }
         }
     )*};
 }
 db_err!(
-    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -121,9 +155,10 @@ impl Store {
                         meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                     }
                     Some(v) => {
-                        return Err(StoreError::Db(format!(
-                            "database schema version {v} is not supported by this spotd (expects {SCHEMA_VERSION})"
-                        )))
+                        return Err(StoreError::UnsupportedSchema {
+                            found: v,
+                            expected: SCHEMA_VERSION,
+                        })
                     }
                 }
             }
@@ -137,7 +172,7 @@ impl Store {
         std::thread::Builder::new()
             .name("spotd-store-writer".into())
             .spawn(move || writer_loop(wdb, rx, &wcommits))
-            .map_err(|e| StoreError::Db(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| StoreError::WriterThread(Arc::new(e)))?;
         Ok(Store {
             db,
             jobs: tx,
@@ -172,9 +207,7 @@ impl Store {
             .map_err(|_| E::from(StoreError::Closed))?;
         match rx.await {
             Ok(r) => r,
-            Err(_) => Err(E::from(StoreError::Db(
-                "the write was abandoned (an operation panicked)".into(),
-            ))),
+            Err(_) => Err(E::from(StoreError::Abandoned)),
         }
     }
 
@@ -193,7 +226,7 @@ impl Store {
         .await
         {
             Ok(r) => r,
-            Err(e) => Err(E::from(StoreError::Db(format!("read task failed: {e}")))),
+            Err(e) => Err(E::from(StoreError::ReadTask(Arc::new(e)))),
         }
     }
 
@@ -344,9 +377,7 @@ fn run_batch(db: &Database, pending: Vec<Op>, commits: &std::sync::atomic::Atomi
             if panicked {
                 let _ = txn.abort();
                 for c in done {
-                    c(Err(StoreError::Db(
-                        "rolled back with a failed operation".into(),
-                    )));
+                    c(Err(StoreError::RolledBack));
                 }
                 continue;
             }
@@ -640,7 +671,7 @@ mod tests {
             handles.push(tokio::spawn(async move {
                 s.write(move |tx| {
                     if i % 8 == 7 {
-                        return Err(StoreError::Db("refused".into()));
+                        return Err(StoreError::Codec("refused".into()));
                     }
                     tx.put_meta(&format!("k{i}"), &i)?;
                     Ok::<_, StoreError>(i)
@@ -701,7 +732,7 @@ mod tests {
         let bad = store
             .write(|tx| -> Result<(), StoreError> {
                 tx.put_meta("half", &1u32)?;
-                Err(StoreError::Db("refused after writing".into()))
+                Err(StoreError::Codec("refused after writing".into()))
             })
             .await;
         assert!(bad.is_err());
