@@ -153,7 +153,8 @@ pub enum ProviderKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProviderConfig {
-    /// The offer id prefix and the name shown everywhere: `[a-z0-9_-]+`.
+    /// The offer id prefix and the name shown everywhere; see
+    /// [`ProviderConfig::NAME_RULE`].
     pub name: String,
     pub kind: ProviderKind,
     /// Name of the environment variable holding the provider's API key.
@@ -169,6 +170,23 @@ pub struct ProviderConfig {
     /// Seconds a failing provider's last offers are kept (marked stale) before dropped.
     #[serde(default = "default_stale")]
     pub stale_after_seconds: u64,
+}
+
+impl ProviderConfig {
+    /// What a provider name may be. It prefixes offer ids (`name:native_id`) and is a
+    /// path segment and a metrics label, so: lowercase ASCII letters, digits, `_` and
+    /// `-`, starting with a letter or a digit.
+    pub const NAME_RULE: &'static str = "[a-z0-9][a-z0-9_-]*";
+
+    /// Whether `name` follows [`ProviderConfig::NAME_RULE`]. The one check: config
+    /// validation and the provider registry (sandbox clouds, tests) both use it.
+    pub fn valid_name(name: &str) -> bool {
+        let mut bytes = name.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    }
 }
 
 fn default_refresh() -> u64 {
