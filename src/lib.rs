@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod http_client;
+pub(crate) mod http_server;
 pub mod ids;
 pub mod inference;
 pub mod ledger;
