@@ -43,35 +43,9 @@ fn offer() -> Offer {
 
 fn rental(id: String, account: &str) -> Rental {
     Rental {
-        id,
-        account_id: account.to_string(),
         state: RentalState::Running,
-        offer: offer(),
-        provider: "bench".into(),
-        price_per_hour: Usd(2_500_000),
-        model: None,
-        name: None,
-        image: None,
-        ssh_public_key: None,
-        env: Default::default(),
-        instance_id: None,
-        endpoint: None,
-        ssh: None,
-        created_at: 0,
         started_at: Some(0),
-        ended_at: None,
-        last_activity_at: None,
-        seen_running_at: None,
-        termination_reason: None,
-        cost: Usd::ZERO,
-        hold: Usd(416_667),
-        hold_open: false,
-        idle_timeout_seconds: None,
-        max_duration_seconds: None,
-        attempts: 0,
-        next_attempt_at: 0,
-        last_error: None,
-        updated_at: 0,
+        ..Rental::intent(id, account.to_string(), offer(), Usd(416_667), 0)
     }
 }
 

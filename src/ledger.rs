@@ -307,35 +307,9 @@ pub(crate) mod tests {
 
     pub(crate) fn rental(price: Usd, hold: Usd) -> Rental {
         Rental {
-            id: "rnt_t".into(),
-            account_id: "acct_t".into(),
             state: RentalState::Running,
-            offer: offer(price),
-            provider: "sim".into(),
-            price_per_hour: price,
-            model: None,
-            name: None,
-            image: None,
-            ssh_public_key: None,
-            env: Default::default(),
-            instance_id: None,
-            endpoint: None,
-            ssh: None,
-            created_at: 0,
             started_at: Some(0),
-            ended_at: None,
-            last_activity_at: None,
-            seen_running_at: None,
-            termination_reason: None,
-            cost: Usd::ZERO,
-            hold,
-            hold_open: false,
-            idle_timeout_seconds: None,
-            max_duration_seconds: None,
-            attempts: 0,
-            next_attempt_at: 0,
-            last_error: None,
-            updated_at: 0,
+            ..Rental::intent("rnt_t".into(), "acct_t".into(), offer(price), hold, 0)
         }
     }
 

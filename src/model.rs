@@ -214,6 +214,44 @@ pub struct Rental {
 }
 
 impl Rental {
+    /// A rental as it is first written, before the provider is asked for an instance:
+    /// `provisioning` on `offer` at the offer's price, nothing charged, no instance
+    /// yet, and `hold` not placed (`ledger::place_hold` opens it). The request's own
+    /// fields (name, image, env, limits, model) are empty; set them with struct update.
+    pub fn intent(id: String, account_id: String, offer: Offer, hold: Usd, now: Millis) -> Rental {
+        Rental {
+            id,
+            account_id,
+            state: RentalState::Provisioning,
+            provider: offer.provider.clone(),
+            price_per_hour: offer.price_per_hour,
+            offer,
+            model: None,
+            name: None,
+            image: None,
+            ssh_public_key: None,
+            env: BTreeMap::new(),
+            instance_id: None,
+            endpoint: None,
+            ssh: None,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            last_activity_at: None,
+            seen_running_at: None,
+            termination_reason: None,
+            cost: Usd::ZERO,
+            hold,
+            hold_open: false,
+            idle_timeout_seconds: None,
+            max_duration_seconds: None,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            updated_at: now,
+        }
+    }
+
     /// What this rental still holds of the account's money.
     pub fn held(&self) -> Usd {
         if self.hold_open {

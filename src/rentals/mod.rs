@@ -419,7 +419,7 @@ impl Rentals {
         let clock = self.clock.clone();
         self.store
             .write(move |tx| {
-                let mut a = tx.account(&account_id)?.ok_or_else(|| Error::AccountGone)?;
+                let mut a = tx.account(&account_id)?.ok_or(Error::AccountGone)?;
                 let active = tx.count_active(&account_id)?;
                 if active >= u64::from(cfg.max_active_rentals_per_account) {
                     return Err(Error::conflict(
@@ -431,36 +431,17 @@ impl Rentals {
                     ));
                 }
                 let now = clock.now();
+                let id = req.id.unwrap_or_else(|| ids::new_id("rnt"));
+                let hold = ledger::hold_for(offer.price_per_hour, cfg.min_session_seconds);
                 let mut r = Rental {
-                    id: req.id.clone().unwrap_or_else(|| ids::new_id("rnt")),
-                    account_id: account_id.clone(),
-                    state: RentalState::Provisioning,
-                    provider: offer.provider.clone(),
-                    price_per_hour: offer.price_per_hour,
-                    hold: ledger::hold_for(offer.price_per_hour, cfg.min_session_seconds),
-                    offer,
-                    model: req.model.clone(),
-                    name: req.name.clone(),
-                    image: req.image.clone(),
-                    ssh_public_key: req.ssh_public_key.clone(),
-                    env: req.env.clone(),
-                    instance_id: None,
-                    endpoint: None,
-                    ssh: None,
-                    created_at: now,
-                    started_at: None,
-                    ended_at: None,
-                    last_activity_at: None,
-                    seen_running_at: None,
-                    termination_reason: None,
-                    cost: Usd::ZERO,
-                    hold_open: false,
+                    model: req.model,
+                    name: req.name,
+                    image: req.image,
+                    ssh_public_key: req.ssh_public_key,
+                    env: req.env,
                     idle_timeout_seconds: req.idle_timeout_seconds,
                     max_duration_seconds: req.max_duration_seconds,
-                    attempts: 0,
-                    next_attempt_at: now,
-                    last_error: None,
-                    updated_at: now,
+                    ..Rental::intent(id, account_id, offer, hold, now)
                 };
                 ledger::place_hold(tx, &mut a, &mut r, now)?;
                 tx.put_rental(&r)?;
