@@ -13,7 +13,7 @@ use crate::store::{Store, Tx};
 
 /// A newly issued key: the secret is shown once and never again.
 #[derive(Clone, Debug)]
-pub struct IssuedKey {
+pub(crate) struct IssuedKey {
     pub key: ApiKey,
     pub secret: String,
 }
@@ -36,7 +36,7 @@ fn issue_key_with_id(tx: &Tx<'_>, account_id: &str, id: String, now: i64) -> Res
     Ok(IssuedKey { key, secret })
 }
 
-pub fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let n = name.trim();
     if n.is_empty() || n.len() > 100 {
         return Err(Error::invalid_param(
@@ -54,7 +54,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Creates an account with an optional opening credit and its first key.
-pub async fn create_account(
+pub(crate) async fn create_account(
     store: &Store,
     clock: &Clock,
     name: &str,
@@ -65,7 +65,7 @@ pub async fn create_account(
 
 /// Like [`create_account`] with a chosen id (from an Idempotency-Key): when that account
 /// exists already (the first answer was lost), it gets a new key instead of a twin.
-pub async fn create_account_with_id(
+pub(crate) async fn create_account_with_id(
     store: &Store,
     clock: &Clock,
     name: &str,
@@ -120,7 +120,7 @@ pub async fn add_credit(
 /// Like [`add_credit`]; with `once` (derived from an Idempotency-Key) the credit is
 /// recorded under that marker in the same transaction, so a retry after a lost answer
 /// returns the first entry instead of crediting twice.
-pub async fn add_credit_once(
+pub(crate) async fn add_credit_once(
     store: &Store,
     clock: &Clock,
     account_id: &str,
@@ -156,7 +156,11 @@ pub async fn add_credit_once(
         .await
 }
 
-pub async fn create_key(store: &Store, clock: &Clock, account_id: &str) -> Result<IssuedKey> {
+pub(crate) async fn create_key(
+    store: &Store,
+    clock: &Clock,
+    account_id: &str,
+) -> Result<IssuedKey> {
     match create_key_with_id(store, clock, account_id, None).await? {
         (key, Some(secret)) => Ok(IssuedKey { key, secret }),
         (_, None) => Err(Error::Bug("a new key without its secret".into())),
@@ -166,7 +170,7 @@ pub async fn create_key(store: &Store, clock: &Clock, account_id: &str) -> Resul
 /// Issues a key for the account; with `key_id` (derived from an Idempotency-Key) a key
 /// that already has that id is returned instead, without its secret: the secret is
 /// shown once and never stored, so a retry after a crash cannot show it again.
-pub async fn create_key_with_id(
+pub(crate) async fn create_key_with_id(
     store: &Store,
     clock: &Clock,
     account_id: &str,
@@ -192,7 +196,7 @@ pub async fn create_key_with_id(
         .await
 }
 
-pub async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Result<ApiKey> {
+pub(crate) async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Result<ApiKey> {
     let id = key_id.to_string();
     let clock = clock.clone();
     store
@@ -210,7 +214,7 @@ pub async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Result<Ap
 }
 
 /// The account a bearer secret belongs to, or `Unauthenticated`.
-pub async fn authenticate(store: &Store, secret: &str) -> Result<(Account, ApiKey)> {
+pub(crate) async fn authenticate(store: &Store, secret: &str) -> Result<(Account, ApiKey)> {
     let hash = ids::hash_secret(secret);
     store
         .read(move |rx| {
@@ -230,7 +234,7 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<(Account, ApiKe
         .await
 }
 
-pub async fn get_account(store: &Store, id: &str) -> Result<Account> {
+pub(crate) async fn get_account(store: &Store, id: &str) -> Result<Account> {
     let id = id.to_string();
     store
         .read(move |rx| {

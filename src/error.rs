@@ -69,7 +69,7 @@ pub enum Error {
 
 impl Error {
     /// [`Error::Invalid`] about the request as a whole.
-    pub fn invalid(message: impl Into<String>) -> Error {
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
         Error::Invalid {
             message: message.into(),
             param: None,
@@ -77,14 +77,14 @@ impl Error {
     }
 
     /// [`Error::Invalid`] about the parameter `param`.
-    pub fn invalid_param(param: &str, message: impl Into<String>) -> Error {
+    pub(crate) fn invalid_param(param: &str, message: impl Into<String>) -> Error {
         Error::Invalid {
             message: message.into(),
             param: Some(param.to_string()),
         }
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Error {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Error {
         Error::Conflict {
             message: message.into(),
             code,

@@ -16,7 +16,7 @@ use crate::store::Tx;
 
 /// What a ledger entry points at.
 #[derive(Clone, Debug, Default)]
-pub struct Refs<'a> {
+pub(crate) struct Refs<'a> {
     pub rental_id: Option<&'a str>,
     pub request_id: Option<&'a str>,
     pub note: Option<String>,
@@ -24,7 +24,7 @@ pub struct Refs<'a> {
 
 /// Appends one entry to `account`'s ledger and updates its cached balance. The caller
 /// writes the account (and rental) back in the same transaction.
-pub fn append(
+pub(crate) fn append(
     tx: &Tx<'_>,
     account: &mut Account,
     kind: LedgerKind,
@@ -56,7 +56,7 @@ pub fn append(
 }
 
 /// Adds credit (positive) or takes it back (negative, never below `held`).
-pub fn credit(
+pub(crate) fn credit(
     tx: &Tx<'_>,
     account: &mut Account,
     amount: Usd,
@@ -184,7 +184,7 @@ pub fn charge_rental(
 /// Charges a hosted inference request, capped at what is available (a request that
 /// already ran cannot be refused; `available` still never goes below zero). Answers
 /// what was charged.
-pub fn charge_request(
+pub(crate) fn charge_request(
     tx: &Tx<'_>,
     account: &mut Account,
     amount: Usd,
@@ -212,7 +212,7 @@ pub fn charge_request(
 }
 
 /// Whole seconds of billable use from `started_at` to `upto` (partial seconds free).
-pub fn billable_seconds(started_at: Millis, upto: Millis) -> u64 {
+pub(crate) fn billable_seconds(started_at: Millis, upto: Millis) -> u64 {
     if upto <= started_at {
         0
     } else {
@@ -222,7 +222,7 @@ pub fn billable_seconds(started_at: Millis, upto: Millis) -> u64 {
 
 /// The outcome of metering a rental.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metered {
+pub(crate) enum Metered {
     /// Charged in full; the next step is covered too.
     Ok,
     /// Charged what could be covered; the rental must end now (`insufficient_credit`).
@@ -233,7 +233,7 @@ pub enum Metered {
 /// was charged already. With `next_step_seconds`, also checks that the next metering
 /// step will be coverable and answers `OutOfCredit` when it will not, so the rental
 /// ends before `available` could go below zero.
-pub fn meter(
+pub(crate) fn meter(
     tx: &Tx<'_>,
     account: &mut Account,
     rental: &mut Rental,
@@ -274,7 +274,7 @@ pub fn meter(
 }
 
 /// `price_per_hour * min_session_seconds`: the hold a rent or cold start places.
-pub fn hold_for(price_per_hour: Usd, min_session_seconds: u64) -> Usd {
+pub(crate) fn hold_for(price_per_hour: Usd, min_session_seconds: u64) -> Usd {
     prorate(price_per_hour, min_session_seconds)
 }
 

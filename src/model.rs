@@ -70,11 +70,11 @@ pub struct Offer {
 }
 
 impl Offer {
-    pub fn price_per_gpu_hour(&self) -> Usd {
+    pub(crate) fn price_per_gpu_hour(&self) -> Usd {
         crate::money::per_unit(self.price_per_hour, self.gpu_count)
     }
 
-    pub fn total_vram_gb(&self) -> u32 {
+    pub(crate) fn total_vram_gb(&self) -> u32 {
         self.vram_gb.saturating_mul(self.gpu_count)
     }
 }
@@ -114,7 +114,7 @@ impl RentalState {
     }
 
     /// Terminal states never change again.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(
             self,
             RentalState::Terminated | RentalState::Failed | RentalState::Interrupted
@@ -122,7 +122,7 @@ impl RentalState {
     }
 
     /// The legal transitions of SPEC section 3.
-    pub fn can_become(self, next: RentalState) -> bool {
+    pub(crate) fn can_become(self, next: RentalState) -> bool {
         use RentalState::*;
         matches!(
             (self, next),
@@ -253,7 +253,7 @@ impl Rental {
     }
 
     /// What this rental still holds of the account's money.
-    pub fn held(&self) -> Usd {
+    pub(crate) fn held(&self) -> Usd {
         if self.hold_open {
             (self.hold - self.cost).max(Usd::ZERO)
         } else {

@@ -5,13 +5,13 @@
 //! on shutdown the server stops accepting and gives in-flight requests 10 s to finish.
 
 mod answer;
-pub mod error;
+pub(crate) mod error;
 mod handlers;
 mod metrics;
-pub mod openapi;
+pub(crate) mod openapi;
 mod router;
 pub mod routes;
-pub mod views;
+pub(crate) mod views;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -33,14 +33,14 @@ use crate::providers::registry::Registry;
 use crate::rentals::Rentals;
 use crate::store::Store;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// How long in-flight requests get to finish after shutdown is asked.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Everything a request handler may use.
-pub struct App {
+pub(crate) struct App {
     pub cfg: Arc<Config>,
     pub store: Store,
     pub market: Market,
@@ -88,7 +88,7 @@ impl App {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let opts = ServerOptions {
         name: "api",
         header_read_timeout: Duration::from_secs(app.cfg.limits.header_read_timeout_seconds.max(1)),

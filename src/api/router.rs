@@ -17,7 +17,7 @@ use super::{error, App, Body};
 use crate::accounts;
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::model::{Account, ApiKey, IdempotencyRecord};
+use crate::model::{Account, IdempotencyRecord};
 
 /// Idempotency records answer for this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -55,7 +55,7 @@ impl Ctx {
     /// The account calling a [`Access::User`] route.
     pub fn account(&self) -> Result<&Account> {
         match &self.caller {
-            Caller::User(a, _) => Ok(a),
+            Caller::User(a) => Ok(a),
             _ => Err(Error::Bug("the route is not a user route".into())),
         }
     }
@@ -64,7 +64,7 @@ impl Ctx {
 /// Who is calling.
 pub enum Caller {
     Anonymous,
-    User(Account, ApiKey),
+    User(Account),
     Admin,
 }
 
@@ -282,8 +282,7 @@ async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Cal
         (Caller::Admin, "admin".to_string())
     } else {
         let (a, k) = accounts::authenticate(&app.store, token).await?;
-        let id = k.id.clone();
-        (Caller::User(a, k), id)
+        (Caller::User(a), k.id)
     };
     if let Err(not_until) = app.limiter.check_key(&key) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(

@@ -320,7 +320,7 @@ fn clean(e: &str) -> String {
 
 /// Checks every value whose range its type does not express. Each error names its key;
 /// all of them are reported at once.
-pub fn validate(cfg: &Config) -> Result<(), String> {
+pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
     let mut errs: Vec<String> = Vec::new();
     let mut check = |ok: bool, msg: String| {
         if !ok {

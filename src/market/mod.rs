@@ -28,16 +28,14 @@ use crate::model::Offer;
 use cursor::Cursor;
 use index::Snapshot;
 
-pub use normalize::{insane_offer, normalize_gpu, offer_from_provider};
-pub use query::{
-    gpu_matches, percent_decode, region_matches, OfferFilter, OfferQuery, Sort, DEFAULT_LIMIT,
-    MAX_LIMIT,
-};
+pub(crate) use normalize::{insane_offer, normalize_gpu, offer_from_provider};
+use query::MAX_LIMIT;
+pub use query::{gpu_matches, OfferFilter, OfferQuery, Sort};
 
 /// How many snapshots (the current one included) a cursor can keep walking on.
 /// Snapshots share their offers (`Arc`), so an old one costs only its index arrays
 /// (about 50 bytes per offer).
-pub const KEEP_SNAPSHOTS: usize = 16;
+pub(crate) const KEEP_SNAPSHOTS: usize = 16;
 
 /// One page of offers.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,7 +110,7 @@ impl Market {
     }
 
     /// Removes every offer of `provider`.
-    pub fn drop_provider(&self, provider: &str) {
+    pub(crate) fn drop_provider(&self, provider: &str) {
         self.rebuild(provider, Vec::new());
     }
 
@@ -145,7 +143,7 @@ impl Market {
         self.len() == 0
     }
 
-    pub fn count_by_provider(&self) -> BTreeMap<String, usize> {
+    pub(crate) fn count_by_provider(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for o in &self.current().offers {
             *m.entry(o.provider.clone()).or_insert(0) += 1;
@@ -155,7 +153,7 @@ impl Market {
 
     /// The newest `updated_at` among `provider`'s offers: how fresh what is shown is,
     /// also for offers loaded from redb at start.
-    pub fn provider_updated_at(&self, provider: &str) -> Option<Millis> {
+    pub(crate) fn provider_updated_at(&self, provider: &str) -> Option<Millis> {
         self.current()
             .offers
             .iter()

@@ -12,8 +12,8 @@ use crate::money::Usd;
 
 use super::normalize::normalize_gpu;
 
-pub const DEFAULT_LIMIT: usize = 50;
-pub const MAX_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 50;
+pub(crate) const MAX_LIMIT: usize = 1000;
 
 /// Which offers a query wants. `None` means "any".
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -64,7 +64,9 @@ impl OfferFilter {
                 .any(|p| o.provider.eq_ignore_ascii_case(p))
     }
 
-    pub fn matches(&self, o: &Offer) -> bool {
+    /// The whole filter on one offer: the tests' oracle for what the index answers.
+    #[cfg(test)]
+    pub(crate) fn matches(&self, o: &Offer) -> bool {
         self.gpu.as_deref().is_none_or(|g| gpu_matches(g, &o.gpu)) && self.matches_except_gpu(o)
     }
 
@@ -114,7 +116,7 @@ fn compact(s: &str) -> String {
 
 /// Region rule: case-insensitive equality, or a prefix ending at a `-` of the offer's
 /// region, so "us" and "us-east" both match "us-east-1" but "us-e" does not.
-pub fn region_matches(filter: &str, region: &str) -> bool {
+pub(crate) fn region_matches(filter: &str, region: &str) -> bool {
     let f = filter.trim();
     if region.eq_ignore_ascii_case(f) {
         return true;
@@ -143,7 +145,7 @@ pub enum Sort {
 }
 
 impl Sort {
-    pub const ALL: [Sort; 5] = [
+    pub(crate) const ALL: [Sort; 5] = [
         Sort::Price,
         Sort::PriceDesc,
         Sort::PricePerGpu,
@@ -344,7 +346,7 @@ fn count(name: &str, value: &str) -> Result<u32, Error> {
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte, and the
 /// result must be UTF-8.
-pub fn percent_decode(s: &str) -> Result<String, String> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 
+use super::query::DEFAULT_LIMIT;
 use super::*;
 use crate::money::Usd;
 use crate::providers::ProviderOffer;

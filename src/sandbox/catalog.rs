@@ -32,6 +32,7 @@ struct FixtureFile {
 }
 
 /// The names of the built-in clouds.
+#[cfg(test)]
 pub fn cloud_names() -> Vec<String> {
     FIXTURES.iter().map(|(n, _)| (*n).to_string()).collect()
 }

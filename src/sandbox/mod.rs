@@ -66,7 +66,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +82,7 @@ use catalog::Catalogue;
 use sim::InstanceRecord;
 use store::SandboxStore;
 
+#[cfg(test)]
 pub use catalog::cloud_names;
 
 /// The chat/completion models the hosted upstream serves (`/chat/completions`,
@@ -104,6 +105,7 @@ pub struct SandboxHandle {
     pub clouds: Vec<String>,
     /// `http://ADDR/hosted/v1`.
     pub hosted_base_url: String,
+    #[cfg(test)]
     live_streams: Arc<AtomicUsize>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -111,14 +113,16 @@ pub struct SandboxHandle {
 
 impl SandboxHandle {
     /// `http://ADDR/<cloud>`: the `base_url` of an `http` provider for that cloud.
+    #[cfg(test)]
     pub fn cloud_base_url(&self, cloud: &str) -> String {
         format!("http://{}/{cloud}", self.addr)
     }
 
     /// Streamed answers whose producer is still running (a client that went away stops
     /// its producer, which tests can watch here).
+    #[cfg(test)]
     pub fn live_streams(&self) -> usize {
-        self.live_streams.load(Ordering::SeqCst)
+        self.live_streams.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), closes the redb file.
@@ -176,6 +180,7 @@ pub async fn start(
         addr,
         clouds: state.clouds.iter().map(|c| c.name.clone()).collect(),
         hosted_base_url: state.hosted_base_url(),
+        #[cfg(test)]
         live_streams: state.live_streams.clone(),
         stop,
         task,

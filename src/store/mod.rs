@@ -7,10 +7,10 @@
 //! error goes back to its caller and the others in the batch commit normally.
 //! Reads run on tokio's blocking pool ([`Store::read`]), never on executor threads.
 
-pub mod codec;
+pub(crate) mod codec;
 #[cfg(test)]
 mod fixture_tests;
-pub mod tables;
+pub(crate) mod tables;
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
@@ -119,7 +119,7 @@ impl Store {
     /// [`Store::open`], calling `on_repair(progress)` (0.0 to 1.0) periodically while
     /// redb repairs a file left by an unclean stop, which can take long on a big file;
     /// under systemd the daemon extends its start timeout from it.
-    pub fn open_with_repair_callback(
+    pub(crate) fn open_with_repair_callback(
         path: &Path,
         on_repair: impl Fn(f64) + 'static,
     ) -> Result<Store, StoreError> {
@@ -260,7 +260,7 @@ impl Store {
 
     /// Stops the writer after the writes already queued and releases the file, so the
     /// same database can be opened again in this process (a restart in tests).
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.jobs.send(Job::Stop(tx)).is_ok() {
             drop(self.db);
@@ -268,13 +268,15 @@ impl Store {
         }
     }
 
-    /// How many group commits the writer has made (each one fsync).
+    /// How many group commits the writer has made (each one fsync): what tests and
+    /// benches measure batching by.
     pub fn commits(&self) -> u64 {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A synchronous read, for code already off the executor (start-up, benches).
-    pub fn read_blocking<R, E, F>(&self, f: F) -> Result<R, E>
+    /// A synchronous read, for tests that check what a write left.
+    #[cfg(test)]
+    pub(crate) fn read_blocking<R, E, F>(&self, f: F) -> Result<R, E>
     where
         E: From<StoreError>,
         F: FnOnce(&Rx) -> Result<R, E>,
@@ -457,6 +459,8 @@ fn account_rental_ids(
 /// Reads shared by read snapshots and write transactions.
 macro_rules! reads {
     ($ty:ty) => {
+        // Every read exists on both; not every one is used on both.
+        #[allow(dead_code)]
         impl $ty {
             pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
                 get_rec(&self.txn.open_table(META)?, key)
@@ -467,10 +471,10 @@ macro_rules! reads {
             pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
                 all_recs(&self.txn.open_table(ACCOUNTS)?)
             }
-            pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+            pub(crate) fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
                 get_rec(&self.txn.open_table(API_KEYS)?, hash)
             }
-            pub fn api_key_by_id(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+            pub(crate) fn api_key_by_id(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
                 let hash = match self.txn.open_table(API_KEY_IDS)?.get(id)? {
                     Some(h) => h.value().to_string(),
                     None => return Ok(None),
@@ -493,7 +497,7 @@ macro_rules! reads {
                 all_recs(&self.txn.open_table(RENTALS)?)
             }
             /// An account's rentals, oldest first.
-            pub fn account_rentals(&self, account: &str) -> Result<Vec<Rental>, StoreError> {
+            pub(crate) fn account_rentals(&self, account: &str) -> Result<Vec<Rental>, StoreError> {
                 let ids = account_rental_ids(&self.txn.open_table(ACCOUNT_RENTALS)?, account)?;
                 let t = self.txn.open_table(RENTALS)?;
                 let mut out = Vec::with_capacity(ids.len());
@@ -505,7 +509,7 @@ macro_rules! reads {
                 Ok(out)
             }
             /// Rentals not in a terminal state.
-            pub fn active_rentals(&self) -> Result<Vec<Rental>, StoreError> {
+            pub(crate) fn active_rentals(&self) -> Result<Vec<Rental>, StoreError> {
                 let idx = self.txn.open_table(ACTIVE_RENTALS)?;
                 let t = self.txn.open_table(RENTALS)?;
                 let mut out = Vec::new();
@@ -519,7 +523,7 @@ macro_rules! reads {
             }
             /// How many of the account's rentals are not yet terminal (an index range:
             /// O(that account's live rentals)).
-            pub fn count_active(&self, account: &str) -> Result<u64, StoreError> {
+            pub(crate) fn count_active(&self, account: &str) -> Result<u64, StoreError> {
                 let t = self.txn.open_table(ACCOUNT_ACTIVE)?;
                 let mut n = 0;
                 for item in t.range((account, "")..)? {
@@ -540,7 +544,7 @@ macro_rules! reads {
             ) -> Result<Vec<LedgerEntry>, StoreError> {
                 ledger_page(&self.txn.open_table(LEDGER)?, account, before_seq, limit)
             }
-            pub fn idempotency(
+            pub(crate) fn idempotency(
                 &self,
                 scope: &str,
                 key: &str,
@@ -572,7 +576,7 @@ impl Tx<'_> {
         self.wrote.set(true);
     }
 
-    pub fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
+    pub(crate) fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
         self.mark();
         put(self.txn, META, key, v)
     }
@@ -580,7 +584,7 @@ impl Tx<'_> {
         self.mark();
         put(self.txn, ACCOUNTS, &a.id, a)
     }
-    pub fn put_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+    pub(crate) fn put_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
         self.mark();
         put(self.txn, API_KEYS, &k.hash, k)?;
         self.txn
@@ -589,7 +593,11 @@ impl Tx<'_> {
         Ok(())
     }
     /// Replaces every offer of `provider` with `offers`.
-    pub fn replace_offers(&self, provider: &str, offers: &[Offer]) -> Result<(), StoreError> {
+    pub(crate) fn replace_offers(
+        &self,
+        provider: &str,
+        offers: &[Offer],
+    ) -> Result<(), StoreError> {
         self.mark();
         let mut t = self.txn.open_table(OFFERS)?;
         let prefix = format!("{provider}:");
@@ -633,7 +641,7 @@ impl Tx<'_> {
         }
         Ok(())
     }
-    pub fn put_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+    pub(crate) fn put_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
         self.mark();
         let bytes = codec::encode(e)?;
         self.txn
@@ -641,7 +649,7 @@ impl Tx<'_> {
             .insert((e.account_id.as_str(), e.seq), bytes.as_slice())?;
         Ok(())
     }
-    pub fn put_idempotency(
+    pub(crate) fn put_idempotency(
         &self,
         scope: &str,
         key: &str,
