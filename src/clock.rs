@@ -4,7 +4,7 @@
 //!
 //! [`Clock::System`] reads the wall clock and sleeps on tokio time. [`Clock::Manual`]
 //! stands still until a test or the simulator moves it; its sleepers wake only when it
-//! is moved past their deadline. Every background loop sleeps through a [`Ticker`], which
+//! is moved past their deadline. Every background loop sleeps through a `Ticker`, which
 //! the manual clock keeps a register of, so [`Clock::advance_settled`] can move time
 //! deadline by deadline and, after each, wait until every loop has done the work that
 //! was due and is asleep again: advancing time runs exactly the work due, in order.
@@ -249,7 +249,7 @@ impl Manual {
     }
 }
 
-/// Work in progress the manual clock waits for; see [`Clock::busy`].
+/// Work in progress the manual clock waits for; see `Clock::busy`.
 pub struct Busy(Clock);
 
 impl Drop for Busy {

@@ -154,7 +154,7 @@ pub enum ProviderKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProviderConfig {
     /// The offer id prefix and the name shown everywhere; see
-    /// [`ProviderConfig::NAME_RULE`].
+    /// `ProviderConfig::NAME_RULE`.
     pub name: String,
     pub kind: ProviderKind,
     /// Name of the environment variable holding the provider's API key.

@@ -1,7 +1,7 @@
 //! A small HTTP/1 client over hyper for JSON calls: providers, the CLI, tests.
 //!
 //! Every call has a timeout; bodies are read whole up to a limit. Proxying streams the
-//! answer instead ([`HttpClient::post_streaming`] -> [`Upstream`], a status and a stream
+//! answer instead (`HttpClient::post_streaming` -> `Upstream`, a status and a stream
 //! of body chunks, so the code that proxies never touches hyper types). Both `http://` (sandbox, mocks, loopback) and `https://` (the
 //! real provider APIs) URLs work: TLS is rustls with the ring provider and the built-in
 //! webpki roots, so a static binary needs no certificate store from the host.

@@ -4,8 +4,9 @@
 //! account (and rental) it changes, so `balance == sum(credit and charge amounts)` and
 //! `held == sum over rentals of Rental::held()` hold after every commit. Charges
 //! consume a rental's hold first, then `available`; nothing here lets `available`
-//! drop below zero: a charge that cannot be covered is refused (`charge_up_to` caps
-//! it and says so).
+//! drop below zero: a rental charge that cannot be covered is refused, and a hosted
+//! request's charge (`charge_request`, for work already done) is capped at what is
+//! available and says how much it charged.
 
 use crate::clock::Millis;
 use crate::error::{Error, Result};

@@ -1,4 +1,5 @@
-//! The records spotd keeps: accounts, keys, offers, rentals, ledger entries.
+//! The records spotd keeps: accounts, keys, offers, rentals, ledger entries and stored
+//! idempotent answers.
 //!
 //! These are the stored shapes (encoded by `store::codec`). The JSON the API shows is
 //! built from them in `api::views`, so a stored field can change without changing the

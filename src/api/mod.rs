@@ -1,4 +1,9 @@
-//! The HTTP API: a hyper HTTP/1 server over a bound listener.
+//! The HTTP API: a hyper HTTP/1 server over a bound listener, and the only code that
+//! knows hyper server types. `routes` is the one route table (dispatch, log and metric
+//! labels, access, `/openapi.json`); `router` does what every request goes through
+//! (auth, rate limits, body limits, idempotency); `handlers` parse and call the domain;
+//! `views` are the JSON shown; `answer` renders inference answers; `error` maps every
+//! domain error to its status and OpenAI error body.
 //!
 //! `serve(listener, app, shutdown)` runs the shared accept loop (`http_server`):
 //! connections must send their headers within `limits.header_read_timeout_seconds`;

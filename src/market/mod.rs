@@ -2,8 +2,8 @@
 //!
 //! The market is an in-memory, query-ready copy of every provider's offers (rebuilt
 //! from redb at start, replaced per provider on each refresh). Readers never wait for
-//! a refresh: each refresh builds a new immutable [`index::Snapshot`] and swaps it in.
-//! The last [`KEEP_SNAPSHOTS`] snapshots stay reachable so that a paginated walk keeps
+//! a refresh: each refresh builds a new immutable `index::Snapshot` and swaps it in.
+//! The last `KEEP_SNAPSHOTS` snapshots stay reachable so that a paginated walk keeps
 //! reading the snapshot it started on, even while prices drift between pages: no
 //! duplicates and no gaps. If a walk outlives its snapshot (many refreshes later, or
 //! after a restart) it continues by keyset — strictly after the last offer's (sort

@@ -31,7 +31,7 @@ pub struct OfferFilter {
     pub max_price: Option<Usd>,
     /// Provider name, case-insensitive.
     pub provider: Option<String>,
-    /// Region, see [`region_matches`].
+    /// Region, see `region_matches`.
     pub region: Option<String>,
     pub interruptible: Option<bool>,
     /// Providers whose offers never match (internal: cold deployments skip the

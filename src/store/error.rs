@@ -35,7 +35,7 @@ pub enum StoreError {
     /// A read on the blocking pool panicked or was cancelled.
     #[error("storage: read task failed: {0}")]
     ReadTask(#[source] Arc<tokio::task::JoinError>),
-    /// The writer has stopped ([`Store::close`]).
+    /// The writer has stopped (`Store::close`).
     #[error("the store is closed")]
     Closed,
 }

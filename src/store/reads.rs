@@ -9,7 +9,7 @@ use super::tables::*;
 use super::{codec, StoreError, Tx};
 use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
 
-/// A read snapshot handed to a [`Store::read`] closure.
+/// A read snapshot handed to a [`super::Store::read`] closure.
 pub struct Rx {
     pub(super) txn: ReadTransaction,
 }

@@ -12,7 +12,7 @@ use super::tables::*;
 use super::StoreError;
 use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
 
-/// A write transaction handed to a [`Store::write`] closure.
+/// A write transaction handed to a [`super::Store::write`] closure.
 pub struct Tx<'a> {
     pub(super) txn: &'a WriteTransaction,
     /// Set by every write, so a failing operation that wrote can be rolled back.
