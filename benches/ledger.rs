@@ -43,35 +43,9 @@ fn offer() -> Offer {
 
 fn rental(id: String, account: &str) -> Rental {
     Rental {
-        id,
-        account_id: account.to_string(),
         state: RentalState::Running,
-        offer: offer(),
-        provider: "bench".into(),
-        price_per_hour: Usd(2_500_000),
-        model: None,
-        name: None,
-        image: None,
-        ssh_public_key: None,
-        env: Default::default(),
-        instance_id: None,
-        endpoint: None,
-        ssh: None,
-        created_at: 0,
         started_at: Some(0),
-        ended_at: None,
-        last_activity_at: None,
-        seen_running_at: None,
-        termination_reason: None,
-        cost: Usd::ZERO,
-        hold: Usd(416_667),
-        hold_open: false,
-        idle_timeout_seconds: None,
-        max_duration_seconds: None,
-        attempts: 0,
-        next_attempt_at: 0,
-        last_error: None,
-        updated_at: 0,
+        ..Rental::intent(id, account.to_string(), offer(), Usd(416_667), 0)
     }
 }
 
@@ -79,7 +53,7 @@ fn rental(id: String, account: &str) -> Rental {
 fn op(tx: &Tx<'_>, account: &str, rental_id: String) -> Result<(), Error> {
     let mut a = tx
         .account(account)?
-        .ok_or_else(|| Error::Internal("no account".into()))?;
+        .ok_or_else(|| Error::Bug("no account".into()))?;
     let mut r = rental(rental_id, account);
     ledger::place_hold(tx, &mut a, &mut r, 0)?;
     ledger::charge_rental(tx, &mut a, &mut r, Usd(1_000), None, 0)?;

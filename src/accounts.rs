@@ -13,7 +13,7 @@ use crate::store::{Store, Tx};
 
 /// A newly issued key: the secret is shown once and never again.
 #[derive(Clone, Debug)]
-pub struct IssuedKey {
+pub(crate) struct IssuedKey {
     pub key: ApiKey,
     pub secret: String,
 }
@@ -36,13 +36,16 @@ fn issue_key_with_id(tx: &Tx<'_>, account_id: &str, id: String, now: i64) -> Res
     Ok(IssuedKey { key, secret })
 }
 
-pub fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let n = name.trim();
     if n.is_empty() || n.len() > 100 {
-        return Err(Error::bad_param("name", "name must be 1 to 100 characters"));
+        return Err(Error::invalid_param(
+            "name",
+            "name must be 1 to 100 characters",
+        ));
     }
     if n.chars().any(|c| c.is_control()) {
-        return Err(Error::bad_param(
+        return Err(Error::invalid_param(
             "name",
             "name must not contain control characters",
         ));
@@ -51,7 +54,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Creates an account with an optional opening credit and its first key.
-pub async fn create_account(
+pub(crate) async fn create_account(
     store: &Store,
     clock: &Clock,
     name: &str,
@@ -62,7 +65,7 @@ pub async fn create_account(
 
 /// Like [`create_account`] with a chosen id (from an Idempotency-Key): when that account
 /// exists already (the first answer was lost), it gets a new key instead of a twin.
-pub async fn create_account_with_id(
+pub(crate) async fn create_account_with_id(
     store: &Store,
     clock: &Clock,
     name: &str,
@@ -71,7 +74,10 @@ pub async fn create_account_with_id(
 ) -> Result<(Account, IssuedKey)> {
     validate_name(name)?;
     if credit.is_negative() {
-        return Err(Error::bad_param("credit", "credit must not be negative"));
+        return Err(Error::invalid_param(
+            "credit",
+            "credit must not be negative",
+        ));
     }
     let name = name.trim().to_string();
     let clock = clock.clone();
@@ -114,7 +120,7 @@ pub async fn add_credit(
 /// Like [`add_credit`]; with `once` (derived from an Idempotency-Key) the credit is
 /// recorded under that marker in the same transaction, so a retry after a lost answer
 /// returns the first entry instead of crediting twice.
-pub async fn add_credit_once(
+pub(crate) async fn add_credit_once(
     store: &Store,
     clock: &Clock,
     account_id: &str,
@@ -136,9 +142,7 @@ pub async fn add_credit_once(
                         .ledger(&id, Some(seq + 1), 1)?
                         .into_iter()
                         .next()
-                        .ok_or_else(|| {
-                            Error::Internal(format!("credit marker {m} names no entry"))
-                        })?;
+                        .ok_or_else(|| Error::Bug(format!("credit marker {m} names no entry")))?;
                     return Ok((a, e));
                 }
             }
@@ -152,17 +156,21 @@ pub async fn add_credit_once(
         .await
 }
 
-pub async fn create_key(store: &Store, clock: &Clock, account_id: &str) -> Result<IssuedKey> {
+pub(crate) async fn create_key(
+    store: &Store,
+    clock: &Clock,
+    account_id: &str,
+) -> Result<IssuedKey> {
     match create_key_with_id(store, clock, account_id, None).await? {
         (key, Some(secret)) => Ok(IssuedKey { key, secret }),
-        (_, None) => Err(Error::Internal("a new key without its secret".into())),
+        (_, None) => Err(Error::Bug("a new key without its secret".into())),
     }
 }
 
 /// Issues a key for the account; with `key_id` (derived from an Idempotency-Key) a key
 /// that already has that id is returned instead, without its secret: the secret is
 /// shown once and never stored, so a retry after a crash cannot show it again.
-pub async fn create_key_with_id(
+pub(crate) async fn create_key_with_id(
     store: &Store,
     clock: &Clock,
     account_id: &str,
@@ -188,7 +196,7 @@ pub async fn create_key_with_id(
         .await
 }
 
-pub async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Result<ApiKey> {
+pub(crate) async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Result<ApiKey> {
     let id = key_id.to_string();
     let clock = clock.clone();
     store
@@ -205,26 +213,28 @@ pub async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Result<Ap
         .await
 }
 
-/// The account a bearer secret belongs to, or 401.
-pub async fn authenticate(store: &Store, secret: &str) -> Result<(Account, ApiKey)> {
+/// The account a bearer secret belongs to, or `Unauthenticated`.
+pub(crate) async fn authenticate(store: &Store, secret: &str) -> Result<(Account, ApiKey)> {
     let hash = ids::hash_secret(secret);
     store
         .read(move |rx| {
             let k = rx
                 .api_key_by_hash(&hash)?
-                .ok_or_else(|| Error::Unauthorized("invalid API key".into()))?;
+                .ok_or_else(|| Error::Unauthenticated("invalid API key".into()))?;
             if k.revoked_at.is_some() {
-                return Err(Error::Unauthorized("this API key has been revoked".into()));
+                return Err(Error::Unauthenticated(
+                    "this API key has been revoked".into(),
+                ));
             }
             let a = rx
                 .account(&k.account_id)?
-                .ok_or_else(|| Error::Unauthorized("invalid API key".into()))?;
+                .ok_or_else(|| Error::Unauthenticated("invalid API key".into()))?;
             Ok((a, k))
         })
         .await
 }
 
-pub async fn get_account(store: &Store, id: &str) -> Result<Account> {
+pub(crate) async fn get_account(store: &Store, id: &str) -> Result<Account> {
     let id = id.to_string();
     store
         .read(move |rx| {

@@ -4,7 +4,7 @@
 //!
 //! [`Clock::System`] reads the wall clock and sleeps on tokio time. [`Clock::Manual`]
 //! stands still until a test or the simulator moves it; its sleepers wake only when it
-//! is moved past their deadline. Every background loop sleeps through a [`Ticker`], which
+//! is moved past their deadline. Every background loop sleeps through a `Ticker`, which
 //! the manual clock keeps a register of, so [`Clock::advance_settled`] can move time
 //! deadline by deadline and, after each, wait until every loop has done the work that
 //! was due and is asleep again: advancing time runs exactly the work due, in order.
@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// Unix time in milliseconds.
-pub type Millis = i64;
+pub(crate) type Millis = i64;
 
 /// The source of "now" and of sleeps. Cloning shares the clock.
 #[derive(Clone, Debug)]
@@ -30,16 +30,12 @@ pub enum Clock {
 }
 
 impl Clock {
-    pub fn system() -> Clock {
+    pub(crate) fn system() -> Clock {
         Clock::System
     }
 
     pub fn manual(start: Millis) -> Clock {
         Clock::Manual(Arc::new(Manual::new(start)))
-    }
-
-    pub fn is_manual(&self) -> bool {
-        matches!(self, Clock::Manual(_))
     }
 
     pub fn now(&self) -> Millis {
@@ -62,7 +58,7 @@ impl Clock {
     }
 
     /// Sleeps until the clock reads `deadline` (at once if it already does).
-    pub async fn sleep_until(&self, deadline: Millis) {
+    pub(crate) async fn sleep_until(&self, deadline: Millis) {
         match self {
             Clock::System => {
                 let wait = deadline.saturating_sub(self.now()).max(0) as u64;
@@ -80,7 +76,7 @@ impl Clock {
     }
 
     /// A background loop's way to sleep; see [`Ticker`].
-    pub fn ticker(&self, signal: Signal) -> Ticker {
+    pub(crate) fn ticker(&self, signal: Signal) -> Ticker {
         let id = match self {
             Clock::System => 0,
             Clock::Manual(m) => m.register_ticker(signal.clone()),
@@ -94,7 +90,7 @@ impl Clock {
 
     /// Marks work in progress that the manual clock must wait for before it counts as
     /// settled (a background write, a redeploy), until the guard is dropped.
-    pub fn busy(&self) -> Busy {
+    pub(crate) fn busy(&self) -> Busy {
         if let Clock::Manual(m) = self {
             m.lock().held += 1;
         }
@@ -253,7 +249,7 @@ impl Manual {
     }
 }
 
-/// Work in progress the manual clock waits for; see [`Clock::busy`].
+/// Work in progress the manual clock waits for; see `Clock::busy`.
 pub struct Busy(Clock);
 
 impl Drop for Busy {
@@ -307,7 +303,7 @@ impl Drop for ManualSleep {
 /// A wake-up for a background loop: `notify` makes its next (or current) sleep end at
 /// once. A notification sent while the loop works is kept for its next sleep.
 #[derive(Clone, Debug)]
-pub struct Signal(Arc<SignalInner>);
+pub(crate) struct Signal(Arc<SignalInner>);
 
 #[derive(Debug)]
 struct SignalInner {
@@ -352,7 +348,7 @@ impl Signal {
 /// How a background loop sleeps: until a deadline of its clock, or until its
 /// [`Signal`] is notified. On a manual clock the ticker is registered, so the clock
 /// knows whether the loop is working or asleep (see [`Clock::settle`]).
-pub struct Ticker {
+pub(crate) struct Ticker {
     clock: Clock,
     signal: Signal,
     id: u64,
@@ -364,7 +360,7 @@ impl Ticker {
     }
 
     /// Sleeps until `deadline` or the signal; answers `true` when the signal woke it.
-    pub async fn sleep_until(&mut self, deadline: Millis) -> bool {
+    pub(crate) async fn sleep_until(&mut self, deadline: Millis) -> bool {
         let woken = match &self.clock {
             Clock::System => {
                 let wait = deadline.saturating_sub(self.clock.now()).max(0) as u64;
@@ -431,7 +427,7 @@ impl Drop for Ticker {
 }
 
 /// RFC 3339 UTC with millisecond precision, e.g. `2026-11-27T10:22:10.123Z`.
-pub fn rfc3339(ms: Millis) -> String {
+pub(crate) fn rfc3339(ms: Millis) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
         Ok(t) => {
@@ -450,13 +446,8 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-/// Serde helper for JSON views.
-pub fn ser<S: serde::Serializer>(v: &Millis, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*v))
-}
-
 /// Serde helper for optional times in JSON views.
-pub fn ser_opt<S: serde::Serializer>(v: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_opt<S: serde::Serializer>(v: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(t) => s.serialize_str(&rfc3339(*t)),
         None => s.serialize_none(),

@@ -15,7 +15,7 @@ mod load;
 #[cfg(test)]
 mod tests;
 
-pub use load::{load, validate, ServeFlags};
+pub use load::{load, ServeFlags};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -153,7 +153,8 @@ pub enum ProviderKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProviderConfig {
-    /// The offer id prefix and the name shown everywhere: `[a-z0-9_-]+`.
+    /// The offer id prefix and the name shown everywhere; see
+    /// `ProviderConfig::NAME_RULE`.
     pub name: String,
     pub kind: ProviderKind,
     /// Name of the environment variable holding the provider's API key.
@@ -169,6 +170,23 @@ pub struct ProviderConfig {
     /// Seconds a failing provider's last offers are kept (marked stale) before dropped.
     #[serde(default = "default_stale")]
     pub stale_after_seconds: u64,
+}
+
+impl ProviderConfig {
+    /// What a provider name may be. It prefixes offer ids (`name:native_id`) and is a
+    /// path segment and a metrics label, so: lowercase ASCII letters, digits, `_` and
+    /// `-`, starting with a letter or a digit.
+    pub(crate) const NAME_RULE: &'static str = "[a-z0-9][a-z0-9_-]*";
+
+    /// Whether `name` follows [`ProviderConfig::NAME_RULE`]. The one check: config
+    /// validation and the provider registry (sandbox clouds, tests) both use it.
+    pub(crate) fn valid_name(name: &str) -> bool {
+        let mut bytes = name.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    }
 }
 
 fn default_refresh() -> u64 {
@@ -207,11 +225,11 @@ pub struct ModelConfig {
 
 impl Config {
     /// Sandbox mode: no real providers configured, or `--sandbox`.
-    pub fn sandbox_mode(&self) -> bool {
+    pub(crate) fn sandbox_mode(&self) -> bool {
         self.force_sandbox || self.providers.is_empty()
     }
 
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+    pub(crate) fn listen_addr(&self) -> Result<SocketAddr, String> {
         self.listen.parse().map_err(|_| {
             format!(
                 "listen: '{}' is not an address like 127.0.0.1:8088",
@@ -229,11 +247,11 @@ mod toml_usd {
 
     use crate::money::Usd;
 
-    pub fn serialize<S: Serializer>(v: &Usd, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &Usd, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&v.to_string())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {

@@ -41,7 +41,7 @@ const DEFAULT_DEPLOY_ESTIMATE_SECONDS: u64 = 300;
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Writes `contents` to `path` with mode 0600 (created or replaced).
-pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::OpenOptions::new()
@@ -184,7 +184,7 @@ impl Daemon {
     }
 
     /// [`Daemon::open`] that reports to systemd through `notifier`.
-    pub async fn open_with(
+    pub(crate) async fn open_with(
         cfg: Config,
         clock: Clock,
         notifier: Notifier,
@@ -249,6 +249,11 @@ impl Daemon {
         &self.store
     }
 
+    /// The sandbox clouds' address, in sandbox mode (the simulator drives their faults).
+    pub fn sandbox_addr(&self) -> Option<std::net::SocketAddr> {
+        self.sandbox.as_ref().map(|h| h.addr)
+    }
+
     /// Where background writes run; [`Daemon::serve`] drains it before the store closes.
     pub fn tasks(&self) -> &Tasks {
         &self.tasks
@@ -256,11 +261,6 @@ impl Daemon {
 
     pub fn config(&self) -> &Config {
         &self.cfg
-    }
-
-    /// The sandbox clouds' address, in sandbox mode.
-    pub fn sandbox_addr(&self) -> Option<std::net::SocketAddr> {
-        self.sandbox.as_ref().map(|h| h.addr)
     }
 
     /// Serves the API on `listener` and runs every worker until `shutdown` is
@@ -368,7 +368,7 @@ impl Daemon {
 
     /// Closes the sandbox and the store (what [`Daemon::serve`] does at its end), for a
     /// daemon that was opened but never served.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         if let Some(h) = self.sandbox {
             h.shutdown().await;
         }

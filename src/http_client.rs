@@ -1,7 +1,7 @@
 //! A small HTTP/1 client over hyper for JSON calls: providers, the CLI, tests.
 //!
 //! Every call has a timeout; bodies are read whole up to a limit. Proxying streams the
-//! answer instead ([`HttpClient::post_streaming`] -> [`Upstream`], a status and a stream
+//! answer instead (`HttpClient::post_streaming` -> `Upstream`, a status and a stream
 //! of body chunks, so the code that proxies never touches hyper types). Both `http://` (sandbox, mocks, loopback) and `https://` (the
 //! real provider APIs) URLs work: TLS is rustls with the ring provider and the built-in
 //! webpki roots, so a static binary needs no certificate store from the host.
@@ -114,7 +114,7 @@ impl HttpClient {
     /// POSTs `body` (JSON) and answers as soon as the response headers arrive (within
     /// `timeout`); the body streams from the returned [`Upstream`]. Dropping it cancels
     /// the request. For proxying.
-    pub async fn post_streaming(
+    pub(crate) async fn post_streaming(
         &self,
         url: &str,
         bearer: Option<&str>,
@@ -161,7 +161,7 @@ impl HttpClient {
 
 /// An answer being received: its status and content type, and its body as a stream of
 /// chunks (see [`Chunks`]).
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub status: u16,
     pub content_type: Option<String>,
     pub body: Chunks,
@@ -169,14 +169,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// True for server-sent events.
-    pub fn is_event_stream(&self) -> bool {
+    pub(crate) fn is_event_stream(&self) -> bool {
         self.content_type
             .as_deref()
             .is_some_and(|v| v.starts_with("text/event-stream"))
     }
 
     /// The whole body, refused past `max` bytes.
-    pub async fn bytes(self, max: usize) -> Result<Bytes, String> {
+    pub(crate) async fn bytes(self, max: usize) -> Result<Bytes, String> {
         Limited::new(self.body.0, max)
             .collect()
             .await
@@ -186,7 +186,7 @@ impl Upstream {
 }
 
 /// A response body as a stream of data chunks (trailers and other frames are skipped).
-pub struct Chunks(hyper::body::Incoming);
+pub(crate) struct Chunks(hyper::body::Incoming);
 
 impl futures_util::Stream for Chunks {
     type Item = Result<Bytes, String>;

@@ -4,8 +4,9 @@
 //! account (and rental) it changes, so `balance == sum(credit and charge amounts)` and
 //! `held == sum over rentals of Rental::held()` hold after every commit. Charges
 //! consume a rental's hold first, then `available`; nothing here lets `available`
-//! drop below zero: a charge that cannot be covered is refused (`charge_up_to` caps
-//! it and says so).
+//! drop below zero: a rental charge that cannot be covered is refused, and a hosted
+//! request's charge (`charge_request`, for work already done) is capped at what is
+//! available and says how much it charged.
 
 use crate::clock::Millis;
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ use crate::store::Tx;
 
 /// What a ledger entry points at.
 #[derive(Clone, Debug, Default)]
-pub struct Refs<'a> {
+pub(crate) struct Refs<'a> {
     pub rental_id: Option<&'a str>,
     pub request_id: Option<&'a str>,
     pub note: Option<String>,
@@ -24,7 +25,7 @@ pub struct Refs<'a> {
 
 /// Appends one entry to `account`'s ledger and updates its cached balance. The caller
 /// writes the account (and rental) back in the same transaction.
-pub fn append(
+pub(crate) fn append(
     tx: &Tx<'_>,
     account: &mut Account,
     kind: LedgerKind,
@@ -36,7 +37,7 @@ pub fn append(
         account.balance = account
             .balance
             .checked_add(amount)
-            .ok_or_else(|| Error::bad("amount out of range"))?;
+            .ok_or_else(|| Error::invalid("amount out of range"))?;
     }
     account.ledger_seq += 1;
     let e = LedgerEntry {
@@ -56,7 +57,7 @@ pub fn append(
 }
 
 /// Adds credit (positive) or takes it back (negative, never below `held`).
-pub fn credit(
+pub(crate) fn credit(
     tx: &Tx<'_>,
     account: &mut Account,
     amount: Usd,
@@ -64,7 +65,7 @@ pub fn credit(
     now: Millis,
 ) -> Result<LedgerEntry> {
     if amount == Usd::ZERO {
-        return Err(Error::bad_param("amount", "amount must not be zero"));
+        return Err(Error::invalid_param("amount", "amount must not be zero"));
     }
     if amount.is_negative() && account.available() + amount < Usd::ZERO {
         return Err(Error::InsufficientCredit(format!(
@@ -86,7 +87,7 @@ pub fn credit(
     )
 }
 
-/// Places the rental's hold (`rental.hold`), or refuses with 402.
+/// Places the rental's hold (`rental.hold`), or refuses with `InsufficientCredit`.
 pub fn place_hold(
     tx: &Tx<'_>,
     account: &mut Account,
@@ -184,7 +185,7 @@ pub fn charge_rental(
 /// Charges a hosted inference request, capped at what is available (a request that
 /// already ran cannot be refused; `available` still never goes below zero). Answers
 /// what was charged.
-pub fn charge_request(
+pub(crate) fn charge_request(
     tx: &Tx<'_>,
     account: &mut Account,
     amount: Usd,
@@ -212,7 +213,7 @@ pub fn charge_request(
 }
 
 /// Whole seconds of billable use from `started_at` to `upto` (partial seconds free).
-pub fn billable_seconds(started_at: Millis, upto: Millis) -> u64 {
+pub(crate) fn billable_seconds(started_at: Millis, upto: Millis) -> u64 {
     if upto <= started_at {
         0
     } else {
@@ -222,7 +223,7 @@ pub fn billable_seconds(started_at: Millis, upto: Millis) -> u64 {
 
 /// The outcome of metering a rental.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metered {
+pub(crate) enum Metered {
     /// Charged in full; the next step is covered too.
     Ok,
     /// Charged what could be covered; the rental must end now (`insufficient_credit`).
@@ -233,7 +234,7 @@ pub enum Metered {
 /// was charged already. With `next_step_seconds`, also checks that the next metering
 /// step will be coverable and answers `OutOfCredit` when it will not, so the rental
 /// ends before `available` could go below zero.
-pub fn meter(
+pub(crate) fn meter(
     tx: &Tx<'_>,
     account: &mut Account,
     rental: &mut Rental,
@@ -274,7 +275,7 @@ pub fn meter(
 }
 
 /// `price_per_hour * min_session_seconds`: the hold a rent or cold start places.
-pub fn hold_for(price_per_hour: Usd, min_session_seconds: u64) -> Usd {
+pub(crate) fn hold_for(price_per_hour: Usd, min_session_seconds: u64) -> Usd {
     prorate(price_per_hour, min_session_seconds)
 }
 
@@ -307,35 +308,9 @@ pub(crate) mod tests {
 
     pub(crate) fn rental(price: Usd, hold: Usd) -> Rental {
         Rental {
-            id: "rnt_t".into(),
-            account_id: "acct_t".into(),
             state: RentalState::Running,
-            offer: offer(price),
-            provider: "sim".into(),
-            price_per_hour: price,
-            model: None,
-            name: None,
-            image: None,
-            ssh_public_key: None,
-            env: Default::default(),
-            instance_id: None,
-            endpoint: None,
-            ssh: None,
-            created_at: 0,
             started_at: Some(0),
-            ended_at: None,
-            last_activity_at: None,
-            seen_running_at: None,
-            termination_reason: None,
-            cost: Usd::ZERO,
-            hold,
-            hold_open: false,
-            idle_timeout_seconds: None,
-            max_duration_seconds: None,
-            attempts: 0,
-            next_attempt_at: 0,
-            last_error: None,
-            updated_at: 0,
+            ..Rental::intent("rnt_t".into(), "acct_t".into(), offer(price), hold, 0)
         }
     }
 

@@ -1,7 +1,28 @@
 //! spotd: a self-hosted GPU spot marketplace.
 //!
-//! Data flows one way: `api` -> domain (`market`, `rentals`, `ledger`) -> `store` /
-//! `providers`. Workers call the same domain functions the API calls.
+//! The daemon is a value: [`daemon::Daemon::open`] builds the store, the provider
+//! registry, the market, rentals and inference from a config and a [`clock::Clock`];
+//! [`daemon::Daemon::serve`] runs the API and the background workers on a listener the
+//! caller bound until shutdown, then waits for the background writes ([`tasks`]) and
+//! closes the store. `spotd serve` (in [`cli`]) is one caller; tests run it in their
+//! own process on a manual clock, which moves time through every sleep and ticker.
+//!
+//! Calls go downward:
+//! - `api` — the only code that knows hyper server types and HTTP statuses: one route
+//!   table (`api::routes`), authentication, limits and idempotency (`api::router`), one
+//!   error mapping (`api::error`), inference answers rendered (`api::answer`);
+//! - the domain — `accounts`, `ledger` (the money rules), `market` (the offer index),
+//!   `rentals`, `inference` (hosted proxy, deployments, idle reaper) — answers domain
+//!   values and [`error::Error`]; `workers` (offer sync, rental sync, metering, orphan
+//!   sweep) call the same domain functions the API calls;
+//! - `store` (the only code that touches redb) and `providers` (every GPU cloud behind
+//!   one trait; `sandbox` serves simulated ones).
+//!
+//! Two calls go the other way, on purpose: rentals tell inference about a preempted
+//! deployment through a hook the daemon installs (`Rentals::on_preempted`), and the
+//! provider adapters name GPUs with the market's `normalize_gpu`. Beside the layers:
+//! `model` (the stored records), `money`, `clock`, `config`, `ids`, `http_client`,
+//! `http_server` (the accept loop the API and the sandbox share), `metrics`, `notify`.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -12,18 +33,19 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod http_client;
-pub mod ids;
-pub mod inference;
+pub(crate) mod http_server;
+pub(crate) mod ids;
+pub(crate) mod inference;
 pub mod ledger;
 pub mod market;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod model;
 pub mod money;
-pub mod notify;
+pub(crate) mod notify;
 pub mod providers;
-pub mod rentals;
-pub mod sandbox;
+pub(crate) mod rentals;
+pub(crate) mod sandbox;
 pub mod sim;
 pub mod store;
 pub mod tasks;
-pub mod workers;
+pub(crate) mod workers;

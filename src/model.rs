@@ -1,4 +1,5 @@
-//! The records spotd keeps: accounts, keys, offers, rentals, ledger entries.
+//! The records spotd keeps: accounts, keys, offers, rentals, ledger entries and stored
+//! idempotent answers.
 //!
 //! These are the stored shapes (encoded by `store::codec`). The JSON the API shows is
 //! built from them in `api::views`, so a stored field can change without changing the
@@ -70,11 +71,11 @@ pub struct Offer {
 }
 
 impl Offer {
-    pub fn price_per_gpu_hour(&self) -> Usd {
+    pub(crate) fn price_per_gpu_hour(&self) -> Usd {
         crate::money::per_unit(self.price_per_hour, self.gpu_count)
     }
 
-    pub fn total_vram_gb(&self) -> u32 {
+    pub(crate) fn total_vram_gb(&self) -> u32 {
         self.vram_gb.saturating_mul(self.gpu_count)
     }
 }
@@ -114,7 +115,7 @@ impl RentalState {
     }
 
     /// Terminal states never change again.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(
             self,
             RentalState::Terminated | RentalState::Failed | RentalState::Interrupted
@@ -122,7 +123,7 @@ impl RentalState {
     }
 
     /// The legal transitions of SPEC section 3.
-    pub fn can_become(self, next: RentalState) -> bool {
+    pub(crate) fn can_become(self, next: RentalState) -> bool {
         use RentalState::*;
         matches!(
             (self, next),
@@ -214,8 +215,46 @@ pub struct Rental {
 }
 
 impl Rental {
+    /// A rental as it is first written, before the provider is asked for an instance:
+    /// `provisioning` on `offer` at the offer's price, nothing charged, no instance
+    /// yet, and `hold` not placed (`ledger::place_hold` opens it). The request's own
+    /// fields (name, image, env, limits, model) are empty; set them with struct update.
+    pub fn intent(id: String, account_id: String, offer: Offer, hold: Usd, now: Millis) -> Rental {
+        Rental {
+            id,
+            account_id,
+            state: RentalState::Provisioning,
+            provider: offer.provider.clone(),
+            price_per_hour: offer.price_per_hour,
+            offer,
+            model: None,
+            name: None,
+            image: None,
+            ssh_public_key: None,
+            env: BTreeMap::new(),
+            instance_id: None,
+            endpoint: None,
+            ssh: None,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            last_activity_at: None,
+            seen_running_at: None,
+            termination_reason: None,
+            cost: Usd::ZERO,
+            hold,
+            hold_open: false,
+            idle_timeout_seconds: None,
+            max_duration_seconds: None,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            updated_at: now,
+        }
+    }
+
     /// What this rental still holds of the account's money.
-    pub fn held(&self) -> Usd {
+    pub(crate) fn held(&self) -> Usd {
         if self.hold_open {
             (self.hold - self.cost).max(Usd::ZERO)
         } else {

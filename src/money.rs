@@ -11,7 +11,7 @@ use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
 use serde::{Deserialize, Serialize};
 
 /// Micro-USD per USD.
-pub const MICROS: i64 = 1_000_000;
+pub(crate) const MICROS: i64 = 1_000_000;
 
 /// An exact amount of US dollars, in micro-dollars. Stored records serialize it as the
 /// plain integer; the JSON edge uses [`Usd::to_json`] / [`Usd::from_json`].
@@ -44,16 +44,12 @@ impl Usd {
         Usd(d * MICROS)
     }
 
-    pub fn is_negative(self) -> bool {
+    pub(crate) fn is_negative(self) -> bool {
         self.0 < 0
     }
 
-    pub fn checked_add(self, o: Usd) -> Option<Usd> {
+    pub(crate) fn checked_add(self, o: Usd) -> Option<Usd> {
         self.0.checked_add(o.0).map(Usd)
-    }
-
-    pub fn checked_sub(self, o: Usd) -> Option<Usd> {
-        self.0.checked_sub(o.0).map(Usd)
     }
 
     pub fn min(self, o: Usd) -> Usd {
@@ -197,7 +193,7 @@ pub fn prorate(per_hour: Usd, seconds: u64) -> Usd {
 }
 
 /// `per_gpu = total / count`, rounded half up (display only; never charged).
-pub fn per_unit(total: Usd, count: u32) -> Usd {
+pub(crate) fn per_unit(total: Usd, count: u32) -> Usd {
     if count == 0 {
         return total;
     }
@@ -206,12 +202,12 @@ pub fn per_unit(total: Usd, count: u32) -> Usd {
 }
 
 /// Serde helper for JSON views: `#[serde(serialize_with = "money::ser")]`.
-pub fn ser<S: serde::Serializer>(v: &Usd, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser<S: serde::Serializer>(v: &Usd, s: S) -> Result<S::Ok, S::Error> {
     v.to_json().serialize(s)
 }
 
 /// Serde helper for optional amounts in JSON views.
-pub fn ser_opt<S: serde::Serializer>(v: &Option<Usd>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_opt<S: serde::Serializer>(v: &Option<Usd>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(u) => u.to_json().serialize(s),
         None => s.serialize_none(),
@@ -219,13 +215,13 @@ pub fn ser_opt<S: serde::Serializer>(v: &Option<Usd>, s: S) -> Result<S::Ok, S::
 }
 
 /// Serde helper for JSON input: `#[serde(deserialize_with = "money::de")]`.
-pub fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
+pub(crate) fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
     Usd::from_json(&v).map_err(serde::de::Error::custom)
 }
 
 /// Optional variant of [`de`].
-pub fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usd>, D::Error> {
+pub(crate) fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Usd>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
     match v {
         None | Some(serde_json::Value::Null) => Ok(None),

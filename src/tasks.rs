@@ -48,7 +48,7 @@ impl Tasks {
     /// Waits (at most `limit`) for every task spawned so far, and any they spawn, to
     /// end. Answers `false` when the limit ran out first. New tasks may still be spawned
     /// after it (they are waited for by the next drain).
-    pub async fn drain(&self, limit: Duration) -> bool {
+    pub(crate) async fn drain(&self, limit: Duration) -> bool {
         self.tracker.close();
         let done = tokio::time::timeout(limit, self.tracker.wait())
             .await

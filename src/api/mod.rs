@@ -1,18 +1,22 @@
-//! The HTTP API: a hyper HTTP/1 server over a bound listener.
+//! The HTTP API: a hyper HTTP/1 server over a bound listener, and the only code that
+//! knows hyper server types. `routes` is the one route table (dispatch, log and metric
+//! labels, access, `/openapi.json`); `router` does what every request goes through
+//! (auth, rate limits, body limits, idempotency); `handlers` parse and call the domain;
+//! `views` are the JSON shown; `answer` renders inference answers; `error` maps every
+//! domain error to its status and OpenAI error body.
 //!
-//! `serve(listener, app, shutdown)` takes its listener and its shutdown signal as
-//! parameters, so tests bind 127.0.0.1:0 and stop it at will. Connections must send
-//! their headers within `limits.header_read_timeout_seconds`; on shutdown the server
-//! stops accepting and gives in-flight requests a bounded time to finish.
+//! `serve(listener, app, shutdown)` runs the shared accept loop (`http_server`):
+//! connections must send their headers within `limits.header_read_timeout_seconds`;
+//! on shutdown the server stops accepting and gives in-flight requests 10 s to finish.
 
 mod answer;
-pub mod error;
+pub(crate) mod error;
 mod handlers;
 mod metrics;
-pub mod openapi;
+pub(crate) mod openapi;
 mod router;
 pub mod routes;
-pub mod views;
+pub(crate) mod views;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -22,28 +26,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body_util::combinators::BoxBody;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::http_server::{self, ServerOptions};
 use crate::inference::Inference;
 use crate::market::Market;
 use crate::providers::registry::Registry;
 use crate::rentals::Rentals;
 use crate::store::Store;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// How long in-flight requests get to finish after shutdown is asked.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Everything a request handler may use.
-pub struct App {
+pub(crate) struct App {
     pub cfg: Arc<Config>,
     pub store: Store,
     pub market: Market,
@@ -91,43 +93,15 @@ impl App {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let header_timeout = Duration::from_secs(app.cfg.limits.header_read_timeout_seconds.max(1));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+pub(crate) async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    let opts = ServerOptions {
+        name: "api",
+        header_read_timeout: Duration::from_secs(app.cfg.limits.header_read_timeout_seconds.max(1)),
+        drain: DRAIN,
+    };
+    http_server::serve(listener, opts, shutdown, move |req| {
         let app = app.clone();
-        let svc = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(router::handle(app, req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections were still open after the drain period");
-    }
+        async move { Ok::<_, Infallible>(router::handle(app, req).await) }
+    })
+    .await;
 }

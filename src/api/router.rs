@@ -17,7 +17,7 @@ use super::{error, App, Body};
 use crate::accounts;
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::model::{Account, ApiKey, IdempotencyRecord};
+use crate::model::{Account, IdempotencyRecord};
 
 /// Idempotency records answer for this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -39,24 +39,24 @@ impl Ctx {
     /// The body as JSON, or 400 with serde's message.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         if self.body.is_empty() {
-            return Err(Error::bad("the request body must be a JSON object"));
+            return Err(Error::invalid("the request body must be a JSON object"));
         }
         serde_json::from_slice(&self.body)
-            .map_err(|e| Error::bad(format!("invalid JSON body: {e}")))
+            .map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
     }
 
     /// The path parameter `name` of the route's template.
     pub fn param(&self, name: &str) -> Result<&str> {
         self.params
             .get(name)
-            .ok_or_else(|| Error::Internal(format!("the route has no parameter '{name}'")))
+            .ok_or_else(|| Error::Bug(format!("the route has no parameter '{name}'")))
     }
 
     /// The account calling a [`Access::User`] route.
     pub fn account(&self) -> Result<&Account> {
         match &self.caller {
-            Caller::User(a, _) => Ok(a),
-            _ => Err(Error::Internal("the route is not a user route".into())),
+            Caller::User(a) => Ok(a),
+            _ => Err(Error::Bug("the route is not a user route".into())),
         }
     }
 }
@@ -64,7 +64,7 @@ impl Ctx {
 /// Who is calling.
 pub enum Caller {
     Anonymous,
-    User(Account, ApiKey),
+    User(Account),
     Admin,
 }
 
@@ -205,7 +205,7 @@ fn split_path(path: &str) -> Result<Vec<String>> {
         .filter(|s| !s.is_empty())
         .map(|s| {
             percent_decode(s)
-                .ok_or_else(|| Error::bad("the path is not valid percent-encoded UTF-8"))
+                .ok_or_else(|| Error::invalid("the path is not valid percent-encoded UTF-8"))
         })
         .collect()
 }
@@ -241,7 +241,7 @@ async fn read_body(
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > max as u64 {
-            return Err(Error::PayloadTooLarge(max));
+            return Err(Error::TooLarge { limit: max });
         }
     }
     let bytes = Limited::new(body, max)
@@ -251,9 +251,9 @@ async fn read_body(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                Error::PayloadTooLarge(max)
+                Error::TooLarge { limit: max }
             } else {
-                Error::bad(format!("could not read the request body: {e}"))
+                Error::invalid(format!("could not read the request body: {e}"))
             }
         })?
         .to_bytes();
@@ -272,18 +272,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Caller> {
     let token = bearer(headers).ok_or_else(|| {
-        Error::Unauthorized("missing API key: send 'Authorization: Bearer <key>'".to_string())
+        Error::Unauthenticated("missing API key: send 'Authorization: Bearer <key>'".to_string())
     })?;
     // Rate limits are per API key; the admin has one bucket.
     let (caller, key) = if admin {
         if !ids::same_hash(&ids::hash_secret(token), &app.admin_hash) {
-            return Err(Error::Unauthorized("invalid admin token".into()));
+            return Err(Error::Unauthenticated("invalid admin token".into()));
         }
         (Caller::Admin, "admin".to_string())
     } else {
         let (a, k) = accounts::authenticate(&app.store, token).await?;
-        let id = k.id.clone();
-        (Caller::User(a, k), id)
+        (Caller::User(a), k.id)
     };
     if let Err(not_until) = app.limiter.check_key(&key) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -317,7 +316,7 @@ where
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| Error::bad("Idempotency-Key must be 1 to 255 visible ASCII characters"))?
+        .ok_or_else(|| Error::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters"))?
         .to_string();
     let mut h = Vec::with_capacity(ctx.body.len() + 64);
     h.extend_from_slice(ctx.method.as_str().as_bytes());
@@ -429,8 +428,8 @@ fn replay(rec: IdempotencyRecord, body_hash: &str) -> Result<Reply> {
         ));
     }
     let v: Value = serde_json::from_str(&rec.response)
-        .map_err(|e| Error::Internal(format!("stored idempotent response unreadable: {e}")))?;
+        .map_err(|e| Error::Bug(format!("stored idempotent response unreadable: {e}")))?;
     let status = StatusCode::from_u16(rec.status)
-        .map_err(|e| Error::Internal(format!("stored idempotent status: {e}")))?;
+        .map_err(|e| Error::Bug(format!("stored idempotent status: {e}")))?;
     Ok((status, v))
 }

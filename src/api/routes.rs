@@ -27,11 +27,12 @@ pub enum Access {
 }
 
 /// What a handler returns: its response, or an error for `api::error` to map.
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Response<Body>>> + Send + 'a>>;
+pub(crate) type HandlerFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<Body>>> + Send + 'a>>;
 
 /// A route's handler. The router has checked the route's [`Access`] (and read the
 /// body, see [`Route::body`]) before it runs; path parameters are in [`Ctx::param`].
-pub type Handler = for<'a> fn(&'a Arc<App>, &'a Ctx) -> HandlerFuture<'a>;
+pub(crate) type Handler = for<'a> fn(&'a Arc<App>, &'a Ctx) -> HandlerFuture<'a>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
@@ -39,7 +40,7 @@ pub struct Route {
     pub path: &'static str,
     pub access: Access,
     pub summary: &'static str,
-    pub handler: Handler,
+    pub(crate) handler: Handler,
     /// The last parameter takes the rest of the path, slashes included: model ids like
     /// `meta-llama/Llama-3.1-8B-Instruct` contain a slash, and the OpenAI SDKs put the
     /// id in the path as it is (`/v1/models/meta-llama/Llama-3.1-8B-Instruct`).
@@ -280,11 +281,11 @@ pub static ROUTES: &[Route] = &[
 ];
 
 /// Label for a request that matches no route (bounded: one label for all of them).
-pub const UNMATCHED: &str = "unmatched";
+pub(crate) const UNMATCHED: &str = "unmatched";
 
 /// A route's path parameters, taken from the request's path once, by name.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Params(Vec<(&'static str, String)>);
+pub(crate) struct Params(Vec<(&'static str, String)>);
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -297,7 +298,7 @@ impl Params {
 
 /// What the table says about a request's method and path.
 #[derive(Debug)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// The route that serves it, with its path parameters.
     Found(&'static Route, Params),
     /// The path is a route's, the method is not (the first such route in the table):
@@ -317,7 +318,7 @@ impl Lookup {
 }
 
 /// Finds the route of `method` and `segs` (the decoded, non-empty path segments).
-pub fn find(method: &str, segs: &[String]) -> Lookup {
+pub(crate) fn find(method: &str, segs: &[String]) -> Lookup {
     let mut other_method = None;
     for r in ROUTES {
         if walk(r, segs, |_, _| {}) {
@@ -358,7 +359,7 @@ fn walk(r: &Route, segs: &[String], mut param: impl FnMut(&'static str, Range<us
 /// Who a request that matches no route must prove to be before it hears so, by its
 /// first segment: an API key under `/v1`, the admin token under `/admin` (so paths
 /// cannot be probed without credentials). Anything else is a 404 at once.
-pub fn area(segs: &[String]) -> Access {
+pub(crate) fn area(segs: &[String]) -> Access {
     match segs.first().map(String::as_str) {
         Some("v1") => User,
         Some("admin") => Admin,
@@ -367,7 +368,7 @@ pub fn area(segs: &[String]) -> Access {
 }
 
 /// Health checks are logged at debug: a load balancer polls them every few seconds.
-pub fn is_health(route: &str) -> bool {
+pub(crate) fn is_health(route: &str) -> bool {
     route == "/healthz" || route == "/readyz"
 }
 

@@ -320,7 +320,7 @@ fn clean(e: &str) -> String {
 
 /// Checks every value whose range its type does not express. Each error names its key;
 /// all of them are reported at once.
-pub fn validate(cfg: &Config) -> Result<(), String> {
+pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
     let mut errs: Vec<String> = Vec::new();
     let mut check = |ok: bool, msg: String| {
         if !ok {
@@ -393,10 +393,11 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     for (i, p) in cfg.providers.iter().enumerate() {
         let at = format!("providers[{i}]");
         check(
-            valid_provider_name(&p.name),
+            ProviderConfig::valid_name(&p.name),
             format!(
-                "{at}.name: '{}' must match [a-z0-9][a-z0-9_-]* (it prefixes offer ids)",
-                p.name
+                "{at}.name: '{}' must match {} (it prefixes offer ids)",
+                p.name,
+                ProviderConfig::NAME_RULE
             ),
         );
         check(
@@ -446,13 +447,4 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     } else {
         Err(errs.join("; "))
     }
-}
-
-fn valid_provider_name(n: &str) -> bool {
-    let mut bytes = n.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    first_ok
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }

@@ -319,3 +319,13 @@ fn install_config_runs_the_sandbox_and_keeps_every_key() {
     // The example sections are still there to uncomment.
     assert!(text.contains("# [[providers]]") && text.contains("# kind = \"vastai\""));
 }
+
+#[test]
+fn provider_names_follow_one_rule() {
+    for good in ["a", "lab-pool_2", "9x", "vast"] {
+        assert!(ProviderConfig::valid_name(good), "{good}");
+    }
+    for bad in ["", "-lab", "_lab", "Vast", "big name", "a:b", "é"] {
+        assert!(!ProviderConfig::valid_name(bad), "{bad}");
+    }
+}

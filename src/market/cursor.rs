@@ -41,7 +41,7 @@ fn tag(filter: &OfferFilter, sort: Sort, body: &[u8]) -> [u8; TAG_LEN] {
 }
 
 impl Cursor {
-    pub fn encode(&self, filter: &OfferFilter, sort: Sort) -> String {
+    pub(crate) fn encode(&self, filter: &OfferFilter, sort: Sort) -> String {
         let id = &self.id.as_bytes()[..self.id.len().min(MAX_ID_LEN)];
         let mut b = Vec::with_capacity(31 + id.len() + TAG_LEN);
         b.push(FORMAT);
@@ -56,9 +56,9 @@ impl Cursor {
         crate::ids::hex(&b)
     }
 
-    pub fn decode(token: &str, filter: &OfferFilter, sort: Sort) -> Result<Cursor, Error> {
+    pub(crate) fn decode(token: &str, filter: &OfferFilter, sort: Sort) -> Result<Cursor, Error> {
         let bad = || {
-            Error::bad_param(
+            Error::invalid_param(
                 "cursor",
                 "cursor is not valid for this query: pass the next_cursor of the previous page unchanged, with the same filters and sort",
             )

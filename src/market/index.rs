@@ -99,14 +99,14 @@ impl Snapshot {
     }
 
     /// The offer at `rank` in `sort` order.
-    pub fn at_rank(&self, sort: Sort, rank: usize) -> Option<&Arc<Offer>> {
+    pub(crate) fn at_rank(&self, sort: Sort, rank: usize) -> Option<&Arc<Offer>> {
         let p = *self.orders[sort.index()].get(rank)?;
         self.offers.get(p as usize)
     }
 
     /// The first rank whose offer comes strictly after `(key, id)` in `sort` order:
     /// where a keyset continuation starts.
-    pub fn first_rank_after(&self, sort: Sort, key: i64, id: &str) -> usize {
+    pub(crate) fn first_rank_after(&self, sort: Sort, key: i64, id: &str) -> usize {
         self.orders[sort.index()].partition_point(|&p| {
             let o = &self.offers[p as usize];
             (sort.key(o), o.id.as_str()) <= (key, id)

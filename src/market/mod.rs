@@ -2,8 +2,8 @@
 //!
 //! The market is an in-memory, query-ready copy of every provider's offers (rebuilt
 //! from redb at start, replaced per provider on each refresh). Readers never wait for
-//! a refresh: each refresh builds a new immutable [`index::Snapshot`] and swaps it in.
-//! The last [`KEEP_SNAPSHOTS`] snapshots stay reachable so that a paginated walk keeps
+//! a refresh: each refresh builds a new immutable `index::Snapshot` and swaps it in.
+//! The last `KEEP_SNAPSHOTS` snapshots stay reachable so that a paginated walk keeps
 //! reading the snapshot it started on, even while prices drift between pages: no
 //! duplicates and no gaps. If a walk outlives its snapshot (many refreshes later, or
 //! after a restart) it continues by keyset — strictly after the last offer's (sort
@@ -28,16 +28,14 @@ use crate::model::Offer;
 use cursor::Cursor;
 use index::Snapshot;
 
-pub use normalize::{insane_offer, normalize_gpu, offer_from_provider};
-pub use query::{
-    gpu_matches, percent_decode, region_matches, OfferFilter, OfferQuery, Sort, DEFAULT_LIMIT,
-    MAX_LIMIT,
-};
+pub(crate) use normalize::{insane_offer, normalize_gpu, offer_from_provider};
+use query::MAX_LIMIT;
+pub use query::{gpu_matches, OfferFilter, OfferQuery, Sort};
 
 /// How many snapshots (the current one included) a cursor can keep walking on.
 /// Snapshots share their offers (`Arc`), so an old one costs only its index arrays
 /// (about 50 bytes per offer).
-pub const KEEP_SNAPSHOTS: usize = 16;
+pub(crate) const KEEP_SNAPSHOTS: usize = 16;
 
 /// One page of offers.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,7 +110,7 @@ impl Market {
     }
 
     /// Removes every offer of `provider`.
-    pub fn drop_provider(&self, provider: &str) {
+    pub(crate) fn drop_provider(&self, provider: &str) {
         self.rebuild(provider, Vec::new());
     }
 
@@ -145,7 +143,7 @@ impl Market {
         self.len() == 0
     }
 
-    pub fn count_by_provider(&self) -> BTreeMap<String, usize> {
+    pub(crate) fn count_by_provider(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for o in &self.current().offers {
             *m.entry(o.provider.clone()).or_insert(0) += 1;
@@ -155,7 +153,7 @@ impl Market {
 
     /// The newest `updated_at` among `provider`'s offers: how fresh what is shown is,
     /// also for offers loaded from redb at start.
-    pub fn provider_updated_at(&self, provider: &str) -> Option<Millis> {
+    pub(crate) fn provider_updated_at(&self, provider: &str) -> Option<Millis> {
         self.current()
             .offers
             .iter()
@@ -167,7 +165,7 @@ impl Market {
     /// One page of offers matching `q`, in `q.sort` order (ties by id).
     pub fn query(&self, q: &OfferQuery) -> Result<OfferPage, Error> {
         if !(1..=MAX_LIMIT).contains(&q.limit) {
-            return Err(Error::bad_param(
+            return Err(Error::invalid_param(
                 "limit",
                 format!("limit must be from 1 to {MAX_LIMIT}"),
             ));
@@ -184,7 +182,7 @@ impl Market {
                             .at_rank(q.sort, c.rank as usize)
                             .is_some_and(|o| o.id == c.id);
                         if !same {
-                            return Err(Error::bad_param(
+                            return Err(Error::invalid_param(
                                 "cursor",
                                 "cursor does not match this market's offers",
                             ));

@@ -43,7 +43,7 @@ const MODELS: &[(&str, &str)] = &[
 /// Maps a provider's spelling of a GPU to spotd's name, e.g. "NVIDIA H100 80GB HBM3"
 /// -> "H100 SXM", "h100_pcie" -> "H100 PCIe", "RTX_4090" -> "RTX 4090",
 /// "A100-SXM4-80GB" -> "A100 80GB". Unknown names come back trimmed.
-pub fn normalize_gpu(raw: &str) -> String {
+pub(crate) fn normalize_gpu(raw: &str) -> String {
     normalize_with_vram(raw, None)
 }
 
@@ -108,7 +108,7 @@ fn find_model(compact: &str, needle: &str) -> bool {
 
 /// Why an offer cannot enter the market (a buggy or hostile pool): a negative price
 /// would pay the renter, no GPU or no id makes nothing to rent. `None` when it can.
-pub fn insane_offer(p: &ProviderOffer) -> Option<&'static str> {
+pub(crate) fn insane_offer(p: &ProviderOffer) -> Option<&'static str> {
     if p.id.trim().is_empty() {
         Some("empty id")
     } else if p.gpu_count == 0 {
@@ -124,7 +124,7 @@ pub fn insane_offer(p: &ProviderOffer) -> Option<&'static str> {
 
 /// The normalized record of one provider offer; the id is `provider:native_id`.
 /// A reliability outside 0..1 (or not a number) is clamped, so sorting stays total.
-pub fn offer_from_provider(provider: &str, p: ProviderOffer, now: Millis) -> Offer {
+pub(crate) fn offer_from_provider(provider: &str, p: ProviderOffer, now: Millis) -> Offer {
     let reliability = if p.reliability.is_nan() {
         0.0
     } else {

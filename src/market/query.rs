@@ -12,8 +12,8 @@ use crate::money::Usd;
 
 use super::normalize::normalize_gpu;
 
-pub const DEFAULT_LIMIT: usize = 50;
-pub const MAX_LIMIT: usize = 1000;
+pub(crate) const DEFAULT_LIMIT: usize = 50;
+pub(crate) const MAX_LIMIT: usize = 1000;
 
 /// Which offers a query wants. `None` means "any".
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -31,7 +31,7 @@ pub struct OfferFilter {
     pub max_price: Option<Usd>,
     /// Provider name, case-insensitive.
     pub provider: Option<String>,
-    /// Region, see [`region_matches`].
+    /// Region, see `region_matches`.
     pub region: Option<String>,
     pub interruptible: Option<bool>,
     /// Providers whose offers never match (internal: cold deployments skip the
@@ -64,7 +64,9 @@ impl OfferFilter {
                 .any(|p| o.provider.eq_ignore_ascii_case(p))
     }
 
-    pub fn matches(&self, o: &Offer) -> bool {
+    /// The whole filter on one offer: the tests' oracle for what the index answers.
+    #[cfg(test)]
+    pub(crate) fn matches(&self, o: &Offer) -> bool {
         self.gpu.as_deref().is_none_or(|g| gpu_matches(g, &o.gpu)) && self.matches_except_gpu(o)
     }
 
@@ -114,7 +116,7 @@ fn compact(s: &str) -> String {
 
 /// Region rule: case-insensitive equality, or a prefix ending at a `-` of the offer's
 /// region, so "us" and "us-east" both match "us-east-1" but "us-e" does not.
-pub fn region_matches(filter: &str, region: &str) -> bool {
+pub(crate) fn region_matches(filter: &str, region: &str) -> bool {
     let f = filter.trim();
     if region.eq_ignore_ascii_case(f) {
         return true;
@@ -143,7 +145,7 @@ pub enum Sort {
 }
 
 impl Sort {
-    pub const ALL: [Sort; 5] = [
+    pub(crate) const ALL: [Sort; 5] = [
         Sort::Price,
         Sort::PriceDesc,
         Sort::PricePerGpu,
@@ -230,17 +232,18 @@ const PARAMS: &str = "gpu, gpu_count, min_gpu_count, min_vram_gb, max_price, pro
 impl OfferQuery {
     /// Parses the query string of `GET /v1/gpus/offers` (without the `?`). `+` and
     /// `%20` decode to a space. A parameter given with an empty value counts as not
-    /// given (what HTML forms send); one given twice, unknown, or with a bad value is a
-    /// 400 naming it.
+    /// given (what HTML forms send); one given twice, unknown, or with a bad value is
+    /// `Invalid`, naming it.
     pub fn from_query_string(qs: &str) -> Result<OfferQuery, Error> {
         let mut q = OfferQuery::default();
         let mut seen: Vec<String> = Vec::new();
         for pair in qs.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = percent_decode(k).map_err(|m| Error::bad(format!("query string: {m}")))?;
-            let value = percent_decode(v).map_err(|m| Error::bad_param(&name, m))?;
+            let name =
+                percent_decode(k).map_err(|m| Error::invalid(format!("query string: {m}")))?;
+            let value = percent_decode(v).map_err(|m| Error::invalid_param(&name, m))?;
             if seen.contains(&name) {
-                return Err(Error::bad_param(
+                return Err(Error::invalid_param(
                     &name,
                     format!("query parameter '{name}' is given more than once"),
                 ));
@@ -249,7 +252,7 @@ impl OfferQuery {
             let value = value.trim();
             let known = PARAMS.split(", ").any(|p| p == name);
             if !known {
-                return Err(Error::bad_param(
+                return Err(Error::invalid_param(
                     &name,
                     format!("unknown query parameter '{name}'; known: {PARAMS}"),
                 ));
@@ -265,13 +268,13 @@ impl OfferQuery {
                 "min_vram_gb" => f.min_vram_gb = Some(uint(&name, value)?),
                 "max_price" => {
                     let p = Usd::parse(value).map_err(|_| {
-                        Error::bad_param(
+                        Error::invalid_param(
                             &name,
                             format!("max_price must be a USD amount per hour like 2.5 (at most 6 decimals), got '{value}'"),
                         )
                     })?;
                     if p.is_negative() {
-                        return Err(Error::bad_param(&name, "max_price must not be negative"));
+                        return Err(Error::invalid_param(&name, "max_price must not be negative"));
                     }
                     f.max_price = Some(p);
                 }
@@ -282,7 +285,7 @@ impl OfferQuery {
                         "true" => true,
                         "false" => false,
                         _ => {
-                            return Err(Error::bad_param(
+                            return Err(Error::invalid_param(
                                 &name,
                                 format!("interruptible must be true or false, got '{value}'"),
                             ))
@@ -291,7 +294,7 @@ impl OfferQuery {
                 }
                 "sort" => {
                     q.sort = Sort::parse(value).ok_or_else(|| {
-                        Error::bad_param(
+                        Error::invalid_param(
                             &name,
                             format!("sort must be one of price, -price, price_per_gpu, reliability, -vram_gb; got '{value}'"),
                         )
@@ -313,7 +316,7 @@ impl OfferQuery {
 }
 
 fn limit_err(value: &str) -> Error {
-    Error::bad_param(
+    Error::invalid_param(
         "limit",
         format!("limit must be a whole number from 1 to {MAX_LIMIT}, got '{value}'"),
     )
@@ -321,7 +324,7 @@ fn limit_err(value: &str) -> Error {
 
 fn uint(name: &str, value: &str) -> Result<u32, Error> {
     value.parse::<u32>().map_err(|_| {
-        Error::bad_param(
+        Error::invalid_param(
             name,
             format!(
                 "{name} must be a whole number from 0 to {}, got '{value}'",
@@ -333,7 +336,7 @@ fn uint(name: &str, value: &str) -> Result<u32, Error> {
 
 fn count(name: &str, value: &str) -> Result<u32, Error> {
     match uint(name, value)? {
-        0 => Err(Error::bad_param(
+        0 => Err(Error::invalid_param(
             name,
             format!("{name} must be at least 1, got '{value}'"),
         )),
@@ -343,7 +346,7 @@ fn count(name: &str, value: &str) -> Result<u32, Error> {
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte, and the
 /// result must be UTF-8.
-pub fn percent_decode(s: &str) -> Result<String, String> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 
+use super::query::DEFAULT_LIMIT;
 use super::*;
 use crate::money::Usd;
 use crate::providers::ProviderOffer;
@@ -270,7 +271,7 @@ fn limit_bounds_and_default() {
     for bad in ["limit=0", "limit=1001", "limit=-1", "limit=ten"] {
         let e = OfferQuery::from_query_string(bad).unwrap_err();
         assert!(
-            matches!(&e, Error::BadRequest { param: Some(p), message } if p == "limit" && message.contains("1 to 1000")),
+            matches!(&e, Error::Invalid { param: Some(p), message } if p == "limit" && message.contains("1 to 1000")),
             "{bad}: {e:?}"
         );
     }
@@ -303,7 +304,7 @@ fn bad_parameters_name_themselves() {
             m.query(&q)
         });
         match err {
-            Err(Error::BadRequest {
+            Err(Error::Invalid {
                 param: Some(p),
                 message,
             }) => {
@@ -419,7 +420,7 @@ fn cursor_of_another_query_or_garbage_is_refused() {
     ] {
         let q = OfferQuery::from_query_string(&qs).unwrap();
         match m.query(&q) {
-            Err(Error::BadRequest { param: Some(p), .. }) => assert_eq!(p, "cursor", "{qs}"),
+            Err(Error::Invalid { param: Some(p), .. }) => assert_eq!(p, "cursor", "{qs}"),
             other => panic!("{qs}: {other:?}"),
         }
     }

@@ -1,35 +1,24 @@
 //! The `http` provider: any pool that speaks the small JSON protocol of SPEC section 5
-//! (also what the sandbox clouds serve).
+//! (also what the sandbox clouds serve), over the same plumbing as the real clouds'
+//! adapters ([`rest`]).
 //!
 //! Every answer is untrusted: statuses map onto `ProviderError` by one function, and a
 //! body that does not parse is `Unavailable`, never a panic. 409 `no_capacity` means
 //! "try the next offer"; 5xx, timeouts and transport failures mean "outcome unknown".
+//! The protocol's errors are `{"error": "<code>"}`, and that code is what error
+//! messages quote.
 
 use async_trait::async_trait;
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 
 use super::protocol::{ErrorBody, InstancesResponse};
-use super::rest;
+use super::rest::{self, parse, RestApi};
 use super::{CreateInstance, Instance, Provider, ProviderError, ProviderOffer};
-use crate::http_client::{HttpClient, HttpError, HttpResponse};
+use crate::http_client::{HttpClient, HttpResponse};
 
+#[derive(Debug)]
 pub struct HttpProvider {
-    name: String,
-    /// Without a trailing slash.
-    base_url: String,
-    api_key: Option<String>,
-    client: HttpClient,
-}
-
-impl std::fmt::Debug for HttpProvider {
-    // The key stays out of logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpProvider")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    api: RestApi,
 }
 
 impl HttpProvider {
@@ -39,79 +28,29 @@ impl HttpProvider {
         api_key: Option<String>,
         client: HttpClient,
     ) -> HttpProvider {
-        let base_url = base_url.into().trim_end_matches('/').to_string();
         HttpProvider {
-            name: name.into(),
-            base_url,
-            api_key,
-            client,
+            api: RestApi::at(name.into(), &base_url.into(), api_key, client),
         }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-
-    fn bearer(&self) -> Option<&str> {
-        self.api_key.as_deref()
-    }
-
-    /// `/instances/{id}` with the id percent-encoded, so an odd id from a provider or
-    /// a record cannot change the path.
-    fn instance_url(&self, id: &str) -> String {
-        let mut enc = String::with_capacity(id.len());
-        for b in id.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                enc.push(b as char);
-            } else {
-                enc.push_str(&format!("%{b:02X}"));
-            }
-        }
-        self.url(&format!("/instances/{enc}"))
     }
 }
 
-fn transport(e: HttpError) -> ProviderError {
-    match e {
-        HttpError::Timeout(d) => ProviderError::Unavailable(format!("timed out after {d:?}")),
-        HttpError::Transport(m) => ProviderError::Unavailable(m),
-        HttpError::Request(m) => ProviderError::Rejected(m),
-    }
-}
-
-/// A short, printable excerpt of what the provider said, for error messages.
+/// What the pool said: the protocol's error code when the body is `{"error": ...}`,
+/// else the generic excerpt.
 fn excerpt(r: &HttpResponse) -> String {
-    let text = String::from_utf8_lossy(&r.body);
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(&r.body) {
-        return e.error;
-    }
-    let t: String = text.chars().take(200).collect();
-    if t.trim().is_empty() {
-        format!("HTTP {}", r.status.as_u16())
-    } else {
-        format!("HTTP {}: {}", r.status.as_u16(), t.trim())
+    match serde_json::from_slice::<ErrorBody>(&r.body) {
+        Ok(e) => e.error,
+        Err(_) => rest::excerpt(r),
     }
 }
 
-/// Maps a non-success status onto the provider error taxonomy.
+/// 409 `{"error": "no_capacity"}`: the offer has no machine left.
+fn no_capacity(r: &HttpResponse) -> bool {
+    r.status == StatusCode::CONFLICT
+        && serde_json::from_slice::<ErrorBody>(&r.body).is_ok_and(|e| e.error == "no_capacity")
+}
+
 fn status_error(r: &HttpResponse) -> ProviderError {
-    let s = r.status;
-    match s {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized(excerpt(r)),
-        StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
-            retry_after_secs: r
-                .header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok()),
-        },
-        StatusCode::CONFLICT
-            if serde_json::from_slice::<ErrorBody>(&r.body)
-                .is_ok_and(|e| e.error == "no_capacity") =>
-        {
-            ProviderError::NoCapacity
-        }
-        s if s.is_client_error() => ProviderError::Rejected(excerpt(r)),
-        _ => ProviderError::Unavailable(excerpt(r)),
-    }
+    rest::status_error_with(r, no_capacity, excerpt)
 }
 
 /// The offers of a `GET /offers` answer. Prices with more than six decimals (a pool
@@ -152,35 +91,28 @@ fn offers_of(provider: &str, v: &serde_json::Value) -> Result<Vec<ProviderOffer>
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(r: &HttpResponse) -> Result<T, ProviderError> {
-    r.json::<T>().map_err(ProviderError::Unavailable)
+/// `/instances/{id}`, the id one path segment whatever it holds.
+fn instance_path(id: &str) -> String {
+    format!("/instances/{}", rest::seg(id))
 }
 
 #[async_trait]
 impl Provider for HttpProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.api.name
     }
 
     async fn list_offers(&self) -> Result<Vec<ProviderOffer>, ProviderError> {
-        let r = self
-            .client
-            .get(&self.url("/offers"), self.bearer())
-            .await
-            .map_err(transport)?;
+        let r = self.api.req(Method::GET, "/offers", None).await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r));
         }
         let v: serde_json::Value = parse(&r)?;
-        offers_of(&self.name, &v)
+        offers_of(&self.api.name, &v)
     }
 
     async fn create_instance(&self, req: &CreateInstance) -> Result<Instance, ProviderError> {
-        let r = self
-            .client
-            .post_json(&self.url("/instances"), self.bearer(), req)
-            .await
-            .map_err(transport)?;
+        let r = self.api.send(Method::POST, "/instances", Some(req)).await?;
         // 200 is accepted too: some pools answer an idempotent re-create that way.
         if r.status != StatusCode::CREATED && r.status != StatusCode::OK {
             return Err(status_error(&r));
@@ -189,11 +121,7 @@ impl Provider for HttpProvider {
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
-        let r = self
-            .client
-            .get(&self.instance_url(id), self.bearer())
-            .await
-            .map_err(transport)?;
+        let r = self.api.req(Method::GET, &instance_path(id), None).await?;
         match r.status {
             StatusCode::OK => parse(&r).map(Some),
             StatusCode::NOT_FOUND => Ok(None),
@@ -202,11 +130,7 @@ impl Provider for HttpProvider {
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
-        let r = self
-            .client
-            .get(&self.url("/instances"), self.bearer())
-            .await
-            .map_err(transport)?;
+        let r = self.api.req(Method::GET, "/instances", None).await?;
         if r.status != StatusCode::OK {
             return Err(status_error(&r));
         }
@@ -215,10 +139,9 @@ impl Provider for HttpProvider {
 
     async fn terminate(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
         let r = self
-            .client
-            .delete(&self.instance_url(id), self.bearer())
-            .await
-            .map_err(transport)?;
+            .api
+            .req(Method::DELETE, &instance_path(id), None)
+            .await?;
         match r.status {
             StatusCode::OK | StatusCode::ACCEPTED => parse(&r).map(Some),
             StatusCode::NOT_FOUND => Ok(None),

@@ -24,11 +24,11 @@ use crate::http_client::{HttpClient, HttpResponse};
 use crate::market::normalize_gpu;
 use crate::model::Ssh;
 
-pub const DEFAULT_BASE_URL: &str = "https://cloud.lambda.ai/api/v1";
+pub(crate) const DEFAULT_BASE_URL: &str = "https://cloud.lambda.ai/api/v1";
 /// Lambda documents "one request per 12 seconds" for launches.
-pub const LAUNCH_INTERVAL: Duration = Duration::from_secs(12);
+pub(crate) const LAUNCH_INTERVAL: Duration = Duration::from_secs(12);
 /// Lambda publishes no reliability figure; its machines are its own data centres.
-pub const RELIABILITY: f64 = 0.99;
+pub(crate) const RELIABILITY: f64 = 0.99;
 const SEP: char = '@';
 
 #[derive(Debug)]

@@ -4,10 +4,10 @@
 //! rental id so a restart can find it again), reads and lists instances, and
 //! terminates them. Provider calls never happen inside a store transaction.
 
-pub mod http;
+pub(crate) mod http;
 pub mod lambda;
-pub mod protocol;
-pub mod registry;
+pub(crate) mod protocol;
+pub(crate) mod registry;
 mod rest;
 pub mod runpod;
 pub mod vastai;
@@ -16,14 +16,14 @@ use async_trait::async_trait;
 
 /// The image a cold model runs on a container cloud when its `[[models]]` entry names
 /// none: vLLM's OpenAI-compatible server.
-pub const MODEL_IMAGE: &str = "vllm/vllm-openai:latest";
+pub(crate) const MODEL_IMAGE: &str = "vllm/vllm-openai:latest";
 /// The port the model server listens on inside its container.
-pub const MODEL_PORT: u16 = 8000;
+pub(crate) const MODEL_PORT: u16 = 8000;
 
 /// The arguments a cold model's container gets (vLLM's documented `docker run`
 /// arguments): the model, the port, and one tensor-parallel shard per GPU. The
 /// deployment's key reaches the server as `VLLM_API_KEY` in its environment.
-pub fn model_server_args(model: &str, gpu_count: u32) -> Vec<String> {
+pub(crate) fn model_server_args(model: &str, gpu_count: u32) -> Vec<String> {
     vec![
         "--model".into(),
         model.into(),

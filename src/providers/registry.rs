@@ -114,12 +114,6 @@ fn kind_str(k: ProviderKind) -> &'static str {
     }
 }
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 impl Registry {
     /// Builds the providers of the config, reading keys from the process environment.
     pub fn new(configs: &[ProviderConfig], client: HttpClient) -> Result<Registry, String> {
@@ -193,10 +187,11 @@ impl Registry {
     ) -> Result<Registry, String> {
         let mut entries: Vec<Entry> = Vec::new();
         for (config, inner) in providers {
-            if !valid_name(&config.name) {
+            if !ProviderConfig::valid_name(&config.name) {
                 return Err(format!(
-                    "provider name '{}' must match [a-z0-9_-]+ (it prefixes offer ids)",
-                    config.name
+                    "provider name '{}' must match {} (it prefixes offer ids)",
+                    config.name,
+                    ProviderConfig::NAME_RULE
                 ));
             }
             if entries.iter().any(|e| e.config.name == config.name) {
@@ -439,7 +434,12 @@ mod tests {
             ),
             (
                 cfg("Big Name", ProviderKind::Http, Some("http://x"), None),
-                "[a-z0-9_-]+",
+                ProviderConfig::NAME_RULE,
+            ),
+            // The config's rule: a name starts with a letter or a digit.
+            (
+                cfg("-lab", ProviderKind::Http, Some("http://x"), None),
+                ProviderConfig::NAME_RULE,
             ),
             (
                 ProviderConfig {

@@ -1,5 +1,6 @@
-//! Helpers shared by the adapters of real provider APIs (Vast.ai, RunPod, Lambda):
-//! status-to-error mapping, exact money from provider JSON numbers, path encoding.
+//! The plumbing every provider adapter shares (`http`, Vast.ai, RunPod, Lambda): one
+//! authenticated JSON call ([`RestApi`]), status-to-error mapping, exact money from
+//! provider JSON numbers, path encoding.
 //!
 //! Provider answers are untrusted: nothing here panics on what a provider sent, and a
 //! body that does not parse is `Unavailable` (the outcome of the call is unknown).
@@ -40,6 +41,16 @@ pub(crate) fn status_error(
     r: &HttpResponse,
     no_capacity: impl Fn(&HttpResponse) -> bool,
 ) -> ProviderError {
+    status_error_with(r, no_capacity, excerpt)
+}
+
+/// [`status_error`] quoting the answer with `excerpt`, for an API whose error bodies
+/// say more in some field than the raw text does.
+pub(crate) fn status_error_with(
+    r: &HttpResponse,
+    no_capacity: impl Fn(&HttpResponse) -> bool,
+    excerpt: impl Fn(&HttpResponse) -> String,
+) -> ProviderError {
     match r.status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized(excerpt(r)),
         // Retry-After in seconds (what RunPod sends); Vast sends none, and the
@@ -59,11 +70,10 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(r: &HttpResponse) -> Result<
     r.json::<T>().map_err(ProviderError::Unavailable)
 }
 
-/// One authenticated JSON call; transport failures are already mapped.
-/// One provider's REST API: its name, address, key and client. `Debug` never shows
-/// the key.
+/// One provider's API: its name, address, key and client. `Debug` never shows the key.
 pub(crate) struct RestApi {
     pub(crate) name: String,
+    /// Without a trailing slash.
     base_url: String,
     api_key: Option<String>,
     client: HttpClient,
@@ -87,44 +97,60 @@ impl RestApi {
         api_key: Option<String>,
         client: HttpClient,
     ) -> RestApi {
+        RestApi::at(name, base_url.unwrap_or(default_base_url), api_key, client)
+    }
+
+    /// An API at `base_url` (a trailing slash is dropped).
+    pub(crate) fn at(
+        name: String,
+        base_url: &str,
+        api_key: Option<String>,
+        client: HttpClient,
+    ) -> RestApi {
         RestApi {
             name,
-            base_url: base_url
-                .unwrap_or(default_base_url)
-                .trim_end_matches('/')
-                .to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
             client,
         }
     }
 
-    /// `method base_url+path` with the key as a bearer token and `body` as JSON.
+    /// `method base_url+path` with the key as a bearer token and `body` as JSON;
+    /// transport failures are already mapped.
     pub(crate) async fn req(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<HttpResponse, ProviderError> {
-        let url = format!("{}{path}", self.base_url);
-        call(&self.client, method, &url, self.api_key.as_deref(), body).await
+        self.send(method, path, body).await
     }
-}
 
-pub(crate) async fn call(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> Result<HttpResponse, ProviderError> {
-    let bytes = match body {
-        Some(v) => Some(serde_json::to_vec(v).map_err(|e| ProviderError::Rejected(e.to_string()))?),
-        None => None,
-    };
-    client
-        .send(method, url, key, &[("accept", "application/json")], bytes)
-        .await
-        .map_err(transport)
+    /// [`RestApi::req`] with any serializable body.
+    pub(crate) async fn send<T: serde::Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&T>,
+    ) -> Result<HttpResponse, ProviderError> {
+        let bytes = match body {
+            Some(v) => {
+                Some(serde_json::to_vec(v).map_err(|e| ProviderError::Rejected(e.to_string()))?)
+            }
+            None => None,
+        };
+        let url = format!("{}{path}", self.base_url);
+        self.client
+            .send(
+                method,
+                &url,
+                self.api_key.as_deref(),
+                &[("accept", "application/json")],
+                bytes,
+            )
+            .await
+            .map_err(transport)
+    }
 }
 
 /// A USD/h figure from a provider JSON number (or numeric string), exact: the decimal

@@ -24,11 +24,11 @@ use crate::http_client::{HttpClient, HttpResponse};
 use crate::market::normalize_gpu;
 use crate::model::Ssh;
 
-pub const DEFAULT_BASE_URL: &str = "https://api.runpod.io/v2";
+pub(crate) const DEFAULT_BASE_URL: &str = "https://api.runpod.io/v2";
 pub const DEFAULT_IMAGE: &str = "runpod/base:0.6.2-cuda12.4.1";
 /// The catalogue has no reliability figure; secure cloud runs in vetted data centres.
-pub const SECURE_RELIABILITY: f64 = 0.99;
-pub const COMMUNITY_RELIABILITY: f64 = 0.95;
+pub(crate) const SECURE_RELIABILITY: f64 = 0.99;
+pub(crate) const COMMUNITY_RELIABILITY: f64 = 0.95;
 const COUNTS: [u32; 4] = [1, 2, 4, 8];
 const SEP: char = '~';
 

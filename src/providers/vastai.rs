@@ -26,7 +26,7 @@ use crate::market::normalize_gpu;
 use crate::model::Ssh;
 use crate::money::Usd;
 
-pub const DEFAULT_BASE_URL: &str = "https://console.vast.ai/api/v0";
+pub(crate) const DEFAULT_BASE_URL: &str = "https://console.vast.ai/api/v0";
 /// What Vast runs when the rent request names no image: a CUDA base with sshd.
 pub const DEFAULT_IMAGE: &str = "vastai/base-image:cuda-12.4.1-auto";
 /// Disk (GB) asked for every instance; Vast's minimum is 8.

@@ -11,7 +11,7 @@ use crate::model::{Account, Rental, RentalState, TerminationReason};
 use crate::providers::{Instance, InstanceState};
 use crate::store::Tx;
 
-/// Moves `r` to `next`, or answers 409 for a transition the state machine forbids.
+/// Moves `r` to `next`, or answers a `Conflict` for a transition the state machine forbids.
 pub fn transition(r: &mut Rental, next: RentalState, now: Millis) -> Result<()> {
     if r.state == next {
         return Ok(());

@@ -68,19 +68,17 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Millis};
 use crate::config;
+use crate::http_server::{self, ServerOptions};
 
 use catalog::Catalogue;
 use sim::InstanceRecord;
@@ -109,6 +107,7 @@ pub struct SandboxHandle {
     pub clouds: Vec<String>,
     /// `http://ADDR/hosted/v1`.
     pub hosted_base_url: String,
+    #[cfg(test)]
     live_streams: Arc<AtomicUsize>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -116,14 +115,16 @@ pub struct SandboxHandle {
 
 impl SandboxHandle {
     /// `http://ADDR/<cloud>`: the `base_url` of an `http` provider for that cloud.
+    #[cfg(test)]
     pub fn cloud_base_url(&self, cloud: &str) -> String {
         format!("http://{}/{cloud}", self.addr)
     }
 
     /// Streamed answers whose producer is still running (a client that went away stops
     /// its producer, which tests can watch here).
+    #[cfg(test)]
     pub fn live_streams(&self) -> usize {
-        self.live_streams.load(Ordering::SeqCst)
+        self.live_streams.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded), closes the redb file.
@@ -182,6 +183,7 @@ pub async fn start(
         addr,
         clouds: state.clouds.iter().map(|c| c.name.clone()).collect(),
         hosted_base_url: state.hosted_base_url(),
+        #[cfg(test)]
         live_streams: state.live_streams.clone(),
         stop,
         task,
@@ -222,38 +224,16 @@ pub async fn run_standalone(
 }
 
 async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let st = state.clone();
-                    let svc = service_fn(move |req| server::handle(st.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let watched = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = watched.await;
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("sandbox accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("sandbox: requests still in flight after {DRAIN_TIMEOUT:?}; closing");
-    }
+    let opts = ServerOptions {
+        name: "sandbox",
+        header_read_timeout: Duration::from_secs(10),
+        drain: DRAIN_TIMEOUT,
+    };
+    let st = state.clone();
+    http_server::serve(listener, opts, stop, move |req| {
+        server::handle(st.clone(), req)
+    })
+    .await;
     state.store.close();
 }
 

@@ -122,7 +122,7 @@ impl Workload {
         if let Some(until) = self.down_until {
             if node.clock.now() >= until {
                 if inject == Some(Fault::LoseAck) && !self.injected {
-                    self.lose_an_ack(node)?;
+                    self.lose_an_ack(node).await?;
                 }
                 node.restart().await?;
                 self.down_until = None;
@@ -820,11 +820,22 @@ impl Workload {
         ))
     }
 
-    fn lose_an_ack(&mut self, node: &Node) -> Result<(), String> {
+    async fn lose_an_ack(&mut self, node: &Node) -> Result<(), String> {
         let Some(a) = self.rents.last() else {
             return Ok(());
         };
-        let db = redb::Database::open(node.dir.join("spotd.redb")).map_err(|e| e.to_string())?;
+        // The crashed incarnation's writer thread may still be letting go of the file.
+        let mut tries = 0;
+        let db = loop {
+            match redb::Database::open(node.dir.join("spotd.redb")) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 400 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         {
             let mut t = txn

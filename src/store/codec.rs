@@ -12,6 +12,8 @@
 //! same reason records must not use `skip_serializing_if`, untagged enums or
 //! `serde_json::Value`.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -28,7 +30,7 @@ fn config() -> bincode::config::Configuration {
 fn encode_as<T: Serialize + ?Sized>(version: u8, v: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![version];
     bincode::serde::encode_into_std_write(v, &mut out, config())
-        .map_err(|e| StoreError::Codec(format!("encode: {e}")))?;
+        .map_err(|e| StoreError::Encode(Arc::new(e)))?;
     Ok(out)
 }
 
@@ -40,7 +42,7 @@ impl Body<'_> {
     /// Decodes the whole body as `T`; bytes left over are an error, not ignored.
     pub fn decode<T: DeserializeOwned>(self) -> Result<T, StoreError> {
         let (v, read) = bincode::serde::decode_from_slice(self.0, config())
-            .map_err(|e| StoreError::Codec(format!("decode: {e}")))?;
+            .map_err(|e| StoreError::Decode(Arc::new(e)))?;
         match self.0.len().saturating_sub(read) {
             0 => Ok(v),
             left => Err(StoreError::Codec(format!(

@@ -238,7 +238,7 @@ async fn populate(store: &Store) {
         .write(move |tx| {
             let mut a = tx
                 .account(ACCOUNT)?
-                .ok_or_else(|| crate::error::Error::Internal("no account".into()))?;
+                .ok_or_else(|| crate::error::Error::Bug("no account".into()))?;
             ledger::charge_request(
                 tx,
                 &mut a,

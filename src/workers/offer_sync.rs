@@ -165,7 +165,7 @@ pub async fn refresh_once(
                     if let Err(e) =
                         tokio::task::spawn_blocking(move || m.replace_provider(&n, offers)).await
                     {
-                        return Err(Error::Internal(format!("rebuilding the offer index: {e}")));
+                        return Err(Error::Bug(format!("rebuilding the offer index: {e}")));
                     }
                     let count = market.count_by_provider().get(name).copied().unwrap_or(0);
                     registry.record_success(name, count, now);

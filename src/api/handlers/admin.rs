@@ -80,7 +80,7 @@ pub async fn add_credit(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
         let b: CreditBody = ctx.json()?;
         if let Some(n) = &b.note {
             if n.len() > 500 {
-                return Err(Error::bad_param(
+                return Err(Error::invalid_param(
                     "note",
                     "note must be at most 500 characters",
                 ));
@@ -116,8 +116,7 @@ pub async fn revoke_key(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
 }
 
 pub async fn providers(app: &Arc<App>, _ctx: &Ctx) -> Result<Reply> {
-    let v = serde_json::to_value(app.registry.statuses())
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let v = serde_json::to_value(app.registry.statuses()).map_err(|e| Error::Bug(e.to_string()))?;
     Ok((
         StatusCode::OK,
         views::list(v.as_array().cloned().unwrap_or_default(), None),

@@ -24,11 +24,11 @@ pub async fn ledger(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
             "limit" => limit = parse_limit(&v, 1000)?,
             "cursor" => {
                 before = Some(v.parse::<u64>().map_err(|_| {
-                    Error::bad_param("cursor", "cursor must be a value returned as next_cursor")
+                    Error::invalid_param("cursor", "cursor must be a value returned as next_cursor")
                 })?)
             }
             other => {
-                return Err(Error::bad_param(
+                return Err(Error::invalid_param(
                     other,
                     format!("unknown query parameter '{other}'"),
                 ))

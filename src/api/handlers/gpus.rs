@@ -102,7 +102,7 @@ struct RentBody {
 fn check_len(param: &str, v: &Option<String>, max: usize) -> Result<()> {
     if let Some(s) = v {
         if s.is_empty() || s.len() > max {
-            return Err(Error::bad_param(
+            return Err(Error::invalid_param(
                 param,
                 format!("{param} must be 1 to {max} characters"),
             ));
@@ -122,7 +122,7 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
         || b.interruptible.is_some();
     let target = match (&b.offer_id, has_criteria) {
         (Some(_), true) => {
-            return Err(Error::bad(
+            return Err(Error::invalid(
                 "give either offer_id or matching criteria (gpu, gpu_count, ...), not both",
             ))
         }
@@ -137,13 +137,13 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
             interruptible: b.interruptible,
             ..OfferFilter::default()
         }),
-        (None, false) => return Err(Error::bad(
+        (None, false) => return Err(Error::invalid(
             "give offer_id, or criteria such as {\"gpu\": \"H100\", \"max_price_per_hour\": 2.5}",
         )),
     };
     if let Some(n) = b.gpu_count {
         if !(1..=64).contains(&n) {
-            return Err(Error::bad_param(
+            return Err(Error::invalid_param(
                 "gpu_count",
                 "gpu_count must be from 1 to 64",
             ));
@@ -151,7 +151,7 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
     }
     if let Some(p) = b.max_price_per_hour {
         if p <= Usd::ZERO {
-            return Err(Error::bad_param(
+            return Err(Error::invalid_param(
                 "max_price_per_hour",
                 "max_price_per_hour must be positive",
             ));
@@ -162,7 +162,10 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
     check_len("ssh_public_key", &b.ssh_public_key, 16 * 1024)?;
     let env = b.env.unwrap_or_default();
     if env.len() > 64 {
-        return Err(Error::bad_param("env", "at most 64 environment variables"));
+        return Err(Error::invalid_param(
+            "env",
+            "at most 64 environment variables",
+        ));
     }
     for (k, v) in &env {
         let ok = !k.is_empty()
@@ -170,7 +173,7 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !k.starts_with(|c: char| c.is_ascii_digit());
         if !ok || v.len() > 4096 {
-            return Err(Error::bad_param(
+            return Err(Error::invalid_param(
                 "env",
                 format!(
                     "env name '{k}' must be [A-Za-z_][A-Za-z0-9_]* and values at most 4096 bytes"
@@ -184,7 +187,7 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
     ] {
         if let Some(s) = v {
             if s == 0 || s > 365 * 24 * 3600 {
-                return Err(Error::bad_param(
+                return Err(Error::invalid_param(
                     param,
                     format!("{param} must be from 1 to 31536000"),
                 ));

@@ -22,8 +22,9 @@ pub fn query_pairs(q: &str) -> Result<Vec<(String, String)>> {
     for part in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let dec = |s: &str| {
-            super::router::percent_decode(&s.replace('+', " "))
-                .ok_or_else(|| Error::bad("the query string is not valid percent-encoded UTF-8"))
+            super::router::percent_decode(&s.replace('+', " ")).ok_or_else(|| {
+                Error::invalid("the query string is not valid percent-encoded UTF-8")
+            })
         };
         let (k, v) = (dec(k)?, dec(v)?);
         if !v.is_empty() {
@@ -38,7 +39,7 @@ fn parse_limit(v: &str, max: usize) -> Result<usize> {
         .ok()
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
-            Error::bad_param("limit", format!("limit must be an integer from 1 to {max}"))
+            Error::invalid_param("limit", format!("limit must be an integer from 1 to {max}"))
         })
 }
 
@@ -54,7 +55,7 @@ async fn list_rentals(app: &App, ctx: &Ctx, account: Option<&str>) -> Result<Rep
         match k.as_str() {
             "state" => {
                 state = Some(RentalState::parse(&v).ok_or_else(|| {
-                    Error::bad_param(
+                    Error::invalid_param(
                         "state",
                         "state must be one of provisioning, running, terminating, terminated, failed, interrupted",
                     )
@@ -67,12 +68,12 @@ async fn list_rentals(app: &App, ctx: &Ctx, account: Option<&str>) -> Result<Rep
                     v.split_once('.')
                         .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())))
                         .ok_or_else(|| {
-                            Error::bad_param("cursor", "cursor must be a value returned as next_cursor")
+                            Error::invalid_param("cursor", "cursor must be a value returned as next_cursor")
                         })?,
                 )
             }
             other => {
-                return Err(Error::bad_param(other, format!("unknown query parameter '{other}'")))
+                return Err(Error::invalid_param(other, format!("unknown query parameter '{other}'")))
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The OpenAI-compatible routes: models, and the completions that answer their own
-//! responses (streams, 202 while a model deploys).
+//! The OpenAI-compatible routes: models, and the completions, whose answers (a JSON
+//! body, a stream, 202 while a model deploys) `api::answer` renders.
 
 use std::sync::Arc;
 

@@ -1,0 +1,166 @@
+//! The store's own behaviour: group commits, isolation of a failing operation, and
+//! the indexes kept with each write.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_all_land_and_errors_stay_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..64u64 {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move {
+            s.write(move |tx| {
+                if i % 8 == 7 {
+                    return Err(StoreError::Codec("refused".into()));
+                }
+                tx.put_meta(&format!("k{i}"), &i)?;
+                Ok::<_, StoreError>(i)
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for h in handles {
+        if h.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 56);
+    let n = store
+        .read(|rx| {
+            let mut n = 0;
+            for i in 0..64u64 {
+                if let Some(v) = rx.meta::<u64>(&format!("k{i}"))? {
+                    assert_eq!(v, i);
+                    n += 1;
+                }
+            }
+            Ok::<_, StoreError>(n)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 56);
+}
+
+#[tokio::test]
+async fn a_panicking_operation_writes_nothing_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let bad = store
+        .write(|tx| -> Result<(), StoreError> {
+            tx.put_meta("partial", &1u32)?;
+            panic!("boom")
+        })
+        .await;
+    assert!(bad.is_err());
+    store.write(|tx| tx.put_meta("after", &2u32)).await.unwrap();
+    let (p, a): (Option<u32>, Option<u32>) = store
+        .read(|rx| Ok::<_, StoreError>((rx.meta("partial")?, rx.meta("after")?)))
+        .await
+        .unwrap();
+    assert_eq!(
+        p, None,
+        "the panicked operation's write must be rolled back"
+    );
+    assert_eq!(a, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_fails_after_writing_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let bad = store
+        .write(|tx| -> Result<(), StoreError> {
+            tx.put_meta("half", &1u32)?;
+            Err(StoreError::Codec("refused after writing".into()))
+        })
+        .await;
+    assert!(bad.is_err());
+    store.write(|tx| tx.put_meta("next", &2u32)).await.unwrap();
+    let (h, n): (Option<u32>, Option<u32>) = store
+        .read(|rx| Ok::<_, StoreError>((rx.meta("half")?, rx.meta("next")?)))
+        .await
+        .unwrap();
+    assert_eq!(h, None, "a failed operation's writes must be rolled back");
+    assert_eq!(n, Some(2));
+}
+
+#[test]
+fn reopen_keeps_data_and_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.redb");
+    {
+        let store = Store::open(&p).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.write(|tx| tx.put_meta("x", &5u8)))
+            .unwrap();
+        store.close();
+    }
+    let store = Store::open(&p).unwrap();
+    let v: Option<u8> = store.read_blocking(|rx| rx.meta("x")).unwrap();
+    assert_eq!(v, Some(5));
+}
+
+/// The per-account live-rental index follows every state change, and a schema-1
+/// database (no index) gets it built on open.
+#[test]
+fn count_active_follows_states_and_is_built_for_a_schema_1_database() {
+    use crate::model::RentalState;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.redb");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let store = Store::open(&p).unwrap();
+    let mk = |id: &str, acct: &str, state: RentalState| {
+        let mut r = crate::ledger::tests::rental(crate::money::Usd(1), crate::money::Usd(0));
+        (r.id, r.account_id, r.state) = (id.into(), acct.into(), state);
+        r
+    };
+    let rentals = [
+        mk("rnt_a1", "acct_a", RentalState::Running),
+        mk("rnt_a2", "acct_a", RentalState::Provisioning),
+        mk("rnt_a3", "acct_a", RentalState::Terminated),
+        mk("rnt_b1", "acct_b", RentalState::Terminating),
+    ];
+    rt.block_on(store.write(move |tx| rentals.iter().try_for_each(|r| tx.put_rental(r))))
+        .unwrap();
+    let counts = |store: &Store| {
+        store
+            .read_blocking(|rx| {
+                Ok::<_, StoreError>((
+                    rx.count_active("acct_a")?,
+                    rx.count_active("acct_b")?,
+                    rx.count_active("acct_")?,
+                ))
+            })
+            .unwrap()
+    };
+    assert_eq!(counts(&store), (2, 1, 0));
+    let mut done = mk("rnt_a1", "acct_a", RentalState::Terminated);
+    done.created_at = 0;
+    rt.block_on(store.write(move |tx| tx.put_rental(&done)))
+        .unwrap();
+    assert_eq!(counts(&store), (1, 1, 0));
+    store.close();
+
+    // Make it a schema-1 database: no index, version 1.
+    {
+        let db = Database::create(&p).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(ACCOUNT_ACTIVE).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", codec::encode(&1u32).unwrap().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&p).unwrap();
+    assert_eq!(counts(&store), (1, 1, 0), "built from active_rentals");
+    let v: Option<u32> = store.read_blocking(|rx| rx.meta("schema_version")).unwrap();
+    assert_eq!(v, Some(SCHEMA_VERSION));
+}

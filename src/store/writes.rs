@@ -1,0 +1,124 @@
+//! Writes: [`Tx`], the write transaction a [`super::Store::write`] closure gets. Every
+//! write marks the transaction, so the writer can roll back an operation that failed
+//! after writing; a rental's write keeps its account and active indexes in step.
+
+use std::cell::Cell;
+
+use redb::{ReadableTable, WriteTransaction};
+use serde::Serialize;
+
+use super::codec;
+use super::tables::*;
+use super::StoreError;
+use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
+
+/// A write transaction handed to a [`super::Store::write`] closure.
+pub struct Tx<'a> {
+    pub(super) txn: &'a WriteTransaction,
+    /// Set by every write, so a failing operation that wrote can be rolled back.
+    pub(super) wrote: Cell<bool>,
+}
+
+fn put<T: Serialize>(
+    txn: &WriteTransaction,
+    def: redb::TableDefinition<&'static str, &'static [u8]>,
+    key: &str,
+    v: &T,
+) -> Result<(), StoreError> {
+    let bytes = codec::encode(v)?;
+    txn.open_table(def)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+impl Tx<'_> {
+    fn mark(&self) {
+        self.wrote.set(true);
+    }
+
+    pub(crate) fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
+        self.mark();
+        put(self.txn, META, key, v)
+    }
+    pub fn put_account(&self, a: &Account) -> Result<(), StoreError> {
+        self.mark();
+        put(self.txn, ACCOUNTS, &a.id, a)
+    }
+    pub(crate) fn put_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        self.mark();
+        put(self.txn, API_KEYS, &k.hash, k)?;
+        self.txn
+            .open_table(API_KEY_IDS)?
+            .insert(k.id.as_str(), k.hash.as_str())?;
+        Ok(())
+    }
+    /// Replaces every offer of `provider` with `offers`.
+    pub(crate) fn replace_offers(
+        &self,
+        provider: &str,
+        offers: &[Offer],
+    ) -> Result<(), StoreError> {
+        self.mark();
+        let mut t = self.txn.open_table(OFFERS)?;
+        let prefix = format!("{provider}:");
+        let stale: Vec<String> = {
+            let mut v = Vec::new();
+            for item in t.range(prefix.as_str()..)? {
+                let (k, _) = item?;
+                let k = k.value();
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                v.push(k.to_string());
+            }
+            v
+        };
+        for k in stale {
+            t.remove(k.as_str())?;
+        }
+        for o in offers {
+            let bytes = codec::encode(o)?;
+            t.insert(o.id.as_str(), bytes.as_slice())?;
+        }
+        Ok(())
+    }
+    /// Writes a rental and keeps the account and active indexes in step with it.
+    pub fn put_rental(&self, r: &Rental) -> Result<(), StoreError> {
+        self.mark();
+        put(self.txn, RENTALS, &r.id, r)?;
+        self.txn
+            .open_table(ACCOUNT_RENTALS)?
+            .insert((r.account_id.as_str(), r.created_at, r.id.as_str()), ())?;
+        let mut active = self.txn.open_table(ACTIVE_RENTALS)?;
+        let mut by_account = self.txn.open_table(ACCOUNT_ACTIVE)?;
+        let key = (r.account_id.as_str(), r.id.as_str());
+        if r.state.is_terminal() {
+            active.remove(r.id.as_str())?;
+            by_account.remove(key)?;
+        } else {
+            active.insert(r.id.as_str(), ())?;
+            by_account.insert(key, ())?;
+        }
+        Ok(())
+    }
+    pub(crate) fn put_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
+        self.mark();
+        let bytes = codec::encode(e)?;
+        self.txn
+            .open_table(LEDGER)?
+            .insert((e.account_id.as_str(), e.seq), bytes.as_slice())?;
+        Ok(())
+    }
+    pub(crate) fn put_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        rec: &IdempotencyRecord,
+    ) -> Result<(), StoreError> {
+        self.mark();
+        let bytes = codec::encode(rec)?;
+        self.txn
+            .open_table(IDEMPOTENCY)?
+            .insert((scope, key), bytes.as_slice())?;
+        Ok(())
+    }
+}
