@@ -22,7 +22,9 @@
 //! deployment through a hook the daemon installs (`Rentals::on_preempted`), and the
 //! provider adapters name GPUs with the market's `normalize_gpu`. Beside the layers:
 //! `model` (the stored records), `money`, `clock`, `config`, `ids`, `http_client`,
-//! `http_server` (the accept loop the API and the sandbox share), `metrics`, `notify`.
+//! `http_server` (the accept loop the API and the sandbox share), `metrics`, `notify`,
+//! and `sim` (`spotd simulate`: the whole daemon on a manual clock under a seeded
+//! workload with faults and crashes, its invariants checked after every step).
 #![forbid(unsafe_code)]
 
 pub mod accounts;
