@@ -58,8 +58,8 @@ pub(crate) fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<
 
 /// The admin token's hash: from `SPOTD_ADMIN_TOKEN`, or the token generated on first
 /// start and written to `DATA_DIR/admin.token` (only the hash goes in the store).
-async fn admin_hash(store: &Store, data_dir: &Path) -> Result<String, String> {
-    if let Ok(t) = std::env::var("SPOTD_ADMIN_TOKEN") {
+async fn admin_hash(store: &Store, data_dir: &Path, env: &Env) -> Result<String, String> {
+    if let Some(t) = env.get("SPOTD_ADMIN_TOKEN") {
         if !t.trim().is_empty() {
             return Ok(ids::hash_secret(t.trim()));
         }
@@ -146,7 +146,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let notifier = Notifier::from_env();
-    let daemon = Daemon::open_with(cfg, Clock::system(), notifier).await?;
+    let daemon = Daemon::open_with(cfg, Clock::system(), notifier, Env::Process).await?;
     daemon.serve(listener, shutdown).await
 }
 
@@ -175,12 +175,40 @@ pub struct Daemon {
     announce: bool,
 }
 
+/// Where the daemon reads the secrets its config names by variable (`api_key_env` of
+/// providers and upstreams, `SPOTD_ADMIN_TOKEN`): the process environment, or a fixed
+/// list (a daemon in a test's process must not read or set the process's).
+#[derive(Clone, Debug, Default)]
+pub enum Env {
+    #[default]
+    Process,
+    Fixed(Vec<(String, String)>),
+}
+
+impl Env {
+    pub fn get(&self, name: &str) -> Option<String> {
+        match self {
+            Env::Process => std::env::var(name).ok(),
+            Env::Fixed(v) => v
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+        }
+    }
+}
+
 impl Daemon {
     /// Opens the daemon on `cfg.data_dir` (created if missing) with `clock`: the store,
     /// the sandbox in sandbox mode (its demo account too), the market after one refresh
     /// of every provider. Nothing serves until [`Daemon::serve`].
     pub async fn open(cfg: Config, clock: Clock) -> Result<Daemon, String> {
-        Daemon::open_with(cfg, clock, Notifier::default()).await
+        Daemon::open_with(cfg, clock, Notifier::default(), Env::Process).await
+    }
+
+    /// [`Daemon::open`] with secrets looked up in `env` instead of the process's.
+    pub async fn open_env(cfg: Config, clock: Clock, env: Env) -> Result<Daemon, String> {
+        Daemon::open_with(cfg, clock, Notifier::default(), env).await
     }
 
     /// [`Daemon::open`] that reports to systemd through `notifier`.
@@ -188,6 +216,7 @@ impl Daemon {
         cfg: Config,
         clock: Clock,
         notifier: Notifier,
+        env: Env,
     ) -> Result<Daemon, String> {
         let data_dir: PathBuf = cfg.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
@@ -201,7 +230,7 @@ impl Daemon {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot open the store: {e}"))?;
         let mut sandbox_handle = None;
-        match build(&cfg, &store, &mut sandbox_handle, &clock).await {
+        match build(&cfg, &store, &mut sandbox_handle, &clock, &env).await {
             Ok(parts) => Ok(Daemon {
                 cfg: Arc::new(cfg),
                 clock,
@@ -402,9 +431,10 @@ async fn build(
     store: &Store,
     sandbox_handle: &mut Option<sandbox::SandboxHandle>,
     clock: &Clock,
+    env: &Env,
 ) -> Result<Parts, String> {
     let data_dir = cfg.data_dir.clone();
-    let admin_hash = admin_hash(store, &data_dir).await?;
+    let admin_hash = admin_hash(store, &data_dir, env).await?;
 
     // Sandbox mode: the simulated clouds run in-process on their own loopback port.
     let mut providers = cfg.providers.clone();
@@ -419,7 +449,7 @@ async fn build(
         ensure_demo_account(store, clock, &data_dir).await?;
     }
     let http = HttpClient::new(PROVIDER_TIMEOUT);
-    let registry = Arc::new(Registry::new(&providers, http)?);
+    let registry = Arc::new(Registry::with_env(&providers, http, |k| env.get(k))?);
     let mut offers = store
         .read(|rx| rx.offers())
         .await
@@ -489,7 +519,7 @@ async fn build(
     let catalog = Catalog::build(
         cfg,
         hosted.as_ref().map(|(b, m)| (b.as_str(), m.as_slice())),
-        |k| std::env::var(k).ok(),
+        |k| env.get(k),
     )?;
     let estimated_deploy_seconds = if cfg.sandbox_mode() {
         cfg.sandbox.provision_seconds + cfg.sandbox.model_load_seconds

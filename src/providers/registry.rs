@@ -115,12 +115,8 @@ fn kind_str(k: ProviderKind) -> &'static str {
 }
 
 impl Registry {
-    /// Builds the providers of the config, reading keys from the process environment.
-    pub fn new(configs: &[ProviderConfig], client: HttpClient) -> Result<Registry, String> {
-        Registry::with_env(configs, client, |k| std::env::var(k).ok())
-    }
-
-    /// Like [`Registry::new`] with an explicit environment lookup (tests).
+    /// Builds the providers of the config; `env` looks up the keys their
+    /// `api_key_env` names (the process environment, or a test's fixed list).
     pub fn with_env(
         configs: &[ProviderConfig],
         client: HttpClient,

@@ -59,7 +59,7 @@ fn usd_cell(u: Usd) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_prints_an_aligned_table_or_json() {
-    let d = Daemon::start("[sandbox]\nprice_drift = 0.0\n");
+    let d = Daemon::in_process("[sandbox]\nprice_drift = 0.0\n").await;
     let env = [
         ("SPOTD_URL", d.url.as_str()),
         ("SPOTD_API_KEY", &d.demo_key),
@@ -121,7 +121,7 @@ async fn offers_prints_an_aligned_table_or_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rent_list_stop_and_credits() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let key = d.demo_key.clone();
     let env = [("SPOTD_URL", d.url.as_str()), ("SPOTD_API_KEY", &key)];
     let offer = cheapest(&d, &key, "gpu=T4").await;
@@ -172,7 +172,7 @@ async fn rent_list_stop_and_credits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_creates_accounts_and_credits_them() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let env = [
         ("SPOTD_URL", d.url.as_str()),
         ("SPOTD_ADMIN_TOKEN", &d.admin),
@@ -210,7 +210,7 @@ async fn admin_creates_accounts_and_credits_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_and_unreachable_daemon_fail_clearly() {
-    let d = Daemon::start("");
+    let d = Daemon::in_process("").await;
     let bad = spotd(
         &["credits"],
         &[("SPOTD_URL", &d.url), ("SPOTD_API_KEY", "sk-not-a-key")],

@@ -189,8 +189,33 @@ impl Daemon {
     /// [`Daemon::in_process`] with the rental workers' sync and sweep intervals (in
     /// seconds) set, to cover long spans of clock time in fewer rounds.
     pub async fn in_process_with(extra: &str, cadence: Option<(u64, u64)>) -> Daemon {
+        Daemon::in_process_from(&merge_toml(FAST, extra), true, &[], cadence).await
+    }
+
+    /// [`Daemon::in_process`] with secrets (provider and upstream keys) in `env`, which
+    /// only this daemon sees (never the test process's environment).
+    pub async fn in_process_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::in_process_from(&merge_toml(FAST, extra), true, env, None).await
+    }
+
+    /// In process, WITHOUT the sandbox, on exactly `config`, with `env` as the only
+    /// environment it reads secrets from. No demo account (see [`Daemon::account`]).
+    pub async fn in_process_config(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::in_process_from(config, false, env, None).await
+    }
+
+    async fn in_process_from(
+        config: &str,
+        sandbox: bool,
+        env: &[(&str, &str)],
+        cadence: Option<(u64, u64)>,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("test.toml"), merge_toml(FAST, extra)).expect("config");
+        std::fs::write(dir.path().join("test.toml"), config).expect("config");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut d = Daemon {
             child: None,
             inproc: None,
@@ -198,8 +223,8 @@ impl Daemon {
             admin: String::new(),
             demo_key: String::new(),
             client: HttpClient::new(Duration::from_secs(30)),
-            sandbox: true,
-            env: Vec::new(),
+            sandbox,
+            env,
             dir,
             cadence,
         };
@@ -214,8 +239,11 @@ impl Daemon {
             config: Some(self.dir.path().join("test.toml")),
             sandbox: self.sandbox,
         };
-        let (cfg, _warnings) = spotd::config::load(&flags, &[]).expect("config");
-        let mut daemon = SpotDaemon::open(cfg, clock.clone()).await.expect("open");
+        let (cfg, _warnings) = spotd::config::load(&flags, &self.env).expect("config");
+        let env = spotd::daemon::Env::Fixed(self.env.clone());
+        let mut daemon = SpotDaemon::open_env(cfg, clock.clone(), env)
+            .await
+            .expect("open");
         if let Some((sync, sweep)) = self.cadence {
             daemon.set_cadence(Duration::from_secs(sync), Duration::from_secs(sweep));
         }

@@ -152,10 +152,11 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
         let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len());
     });
     // The upstream's key is in the daemon's environment only.
-    let d = Daemon::start_env(
+    let d = Daemon::in_process_env(
         &config(&dead, &silent, &five, &cut, &slow, &keyed),
         &[("UPSTREAM_TEST_KEY", "upstream-secret-123")],
-    );
+    )
+    .await;
     let key = d.demo_key.clone();
     let post = |m: &'static str, stream: bool| {
         d.call_h(
@@ -223,7 +224,7 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
             break c.clone();
         }
         assert!(Instant::now() < deadline, "cut stream never billed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        d.pass(100).await;
     };
     assert_eq!(usd(&charge["amount"]), Usd(-10), "{charge}");
     assert!(charge["note"].as_str().unwrap().contains("cut"), "{charge}");
@@ -251,7 +252,7 @@ async fn upstream_failures_are_502_504_and_stream_cuts_bill_what_was_delivered()
             Instant::now() < deadline,
             "the upstream request was not cancelled"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        d.pass(50).await;
     }
     d.assert_books_balance(&key).await;
 }

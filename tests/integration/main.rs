@@ -2,10 +2,12 @@
 //! keeps CI's disk and build time small). Most modules open the real daemon in this
 //! process on a manual clock and serve it on 127.0.0.1:0 with a temp data dir
 //! (`Daemon::in_process` in `common`): waiting means moving the clock, never sleeping.
-//! Those that need a real process (signals, kill -9, the CLI, systemd notify,
-//! packaging, provider keys read from the environment) start the `spotd` binary
-//! (`Daemon::start`); the provider adapters are driven against loopback mocks
-//! (`providers_mock`).
+//! Those that need a real process (signals, kill -9, systemd notify, packaging, the
+//! official Python SDK) start the `spotd` binary (`Daemon::start`), and so does
+//! `providers_create_5xx`, whose provider mocks keep real time (a daemon on a manual
+//! clock would give up on their late answers in no time). The CLI runs as a child
+//! against an in-process daemon; the provider adapters are driven against loopback
+//! mocks (`providers_mock`).
 
 mod common;
 mod providers_mock;

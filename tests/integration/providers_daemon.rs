@@ -381,7 +381,7 @@ async fn eventually(what: &str, d: &Daemon, pred: impl Fn() -> bool) {
         if Instant::now() > deadline {
             panic!("timed out waiting for: {what}\nlog:\n{}", d.log());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        d.pass(100).await;
     }
 }
 
@@ -411,7 +411,7 @@ async fn spotd_serves_rents_and_tears_down_on_vast_runpod_and_lambda() {
         lambda_mock().await,
         vast_mock().await,
     );
-    let d = Daemon::start_with_config(
+    let d = Daemon::in_process_config(
         &config(&vast, &runpod, &lambda, &revoked),
         &[
             ("VAST_TEST_KEY", VAST_KEY),
@@ -419,7 +419,8 @@ async fn spotd_serves_rents_and_tears_down_on_vast_runpod_and_lambda() {
             ("LAMBDA_TEST_KEY", LAMBDA_KEY),
             ("LAMBDA_BAD_KEY", "not-the-key"),
         ],
-    );
+    )
+    .await;
     assert!(d.demo_key.is_empty());
     assert!(
         !d.data_dir().join("demo.key").exists(),
@@ -785,7 +786,7 @@ async fn spotd_serves_rents_and_tears_down_on_vast_runpod_and_lambda() {
             break st;
         }
         assert!(Instant::now() < deadline, "never went stale: {st}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        d.pass(200).await;
     };
     assert_eq!(st["offers"], 5, "its last offers are still shown: {st}");
     let err = st["last_error"].as_str().unwrap_or("");
@@ -871,7 +872,7 @@ async fn a_cold_model_deploys_on_vast_with_its_own_key_and_is_reaped() {
     const MODEL: &str = "acme/tiny-chat";
     let vast = vast_mock().await;
     let vllm = fake_vllm(&vast, MODEL).await;
-    let d = Daemon::start_with_config(
+    let d = Daemon::in_process_config(
         &format!(
             r#"
 [billing]
@@ -893,7 +894,8 @@ min_vram_gb = 24
             vast.mock.base
         ),
         &[("VAST_TEST_KEY", VAST_KEY)],
-    );
+    )
+    .await;
     let (_, key) = d.account("carol", "50").await;
     let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
 
@@ -931,7 +933,7 @@ min_vram_gb = 24
         if r.status != 202 || Instant::now() > deadline {
             break r;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.pass(300).await;
     };
     assert_eq!(r.status, 200, "{:?}\nlog:\n{}", r.body, d.log());
     assert_eq!(
@@ -983,7 +985,7 @@ min_vram_gb = 24
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_model_never_deploys_on_lambda() {
     let lambda = lambda_mock().await;
-    let d = Daemon::start_with_config(
+    let d = Daemon::in_process_config(
         &format!(
             r#"
 [[providers]]
@@ -999,7 +1001,8 @@ min_vram_gb = 24
             lambda.mock.base
         ),
         &[("LAMBDA_TEST_KEY", LAMBDA_KEY)],
-    );
+    )
+    .await;
     let (_, key) = d.account("dave", "50").await;
     // Lambda's offers are in the market, and one fits the model.
     let offers = all_offers(&d, &key).await;
