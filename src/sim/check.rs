@@ -296,14 +296,14 @@ impl Checker {
     /// The whole books from scratch: every ledger summed, every rental's charges and
     /// cost rule. O(history): once a simulated day, after restarts, and at the end.
     pub async fn audit(&mut self, store: &Store) -> Result<(), String> {
-        let (accounts, rentals, ledgers) = store
+        let (accounts, rentals, ledgers, totals) = store
             .read(|rx| {
                 let accounts = rx.accounts()?;
                 let mut ledgers = Vec::new();
                 for a in &accounts {
                     ledgers.push(rx.ledger_after(&a.id, 0, usize::MAX)?);
                 }
-                Ok::<_, StoreError>((accounts, rx.rentals()?, ledgers))
+                Ok::<_, StoreError>((accounts, rx.rentals()?, ledgers, rx.totals()?))
             })
             .await
             .map_err(|e| format!("cannot read the store: {e}"))?;
@@ -329,6 +329,25 @@ impl Checker {
                 }
             }
         }
+        // The running totals /metrics reads equal what they total.
+        let mut want: BTreeMap<String, i64> = BTreeMap::new();
+        for e in ledgers.iter().flatten() {
+            match e.kind {
+                LedgerKind::Credit => *want.entry("credits".into()).or_default() += e.amount.0,
+                LedgerKind::Charge => *want.entry("charges".into()).or_default() -= e.amount.0,
+                LedgerKind::Hold | LedgerKind::Release => {}
+            }
+        }
+        for r in &rentals {
+            *want
+                .entry(format!("rentals:{}", r.state.as_str()))
+                .or_default() += 1;
+        }
+        let have: BTreeMap<String, i64> = totals.into_iter().filter(|(_, v)| *v != 0).collect();
+        want.retain(|_, v| *v != 0);
+        self.ok(have == want, || {
+            format!("audit: the running totals {have:?} are not what they total {want:?}")
+        })?;
         for r in &rentals {
             let charged = -by_rental.get(r.id.as_str()).copied().unwrap_or(Usd::ZERO);
             self.ok(charged == r.cost, || {

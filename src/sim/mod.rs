@@ -41,6 +41,8 @@ pub enum Fault {
     UnnamedCharge,
     /// An acknowledged rental is gone after a crash.
     LoseAck,
+    /// The running totals `/metrics` reads drift from what they count.
+    StaleTotals,
 }
 
 #[derive(Clone, Debug)]
@@ -155,8 +157,8 @@ pub async fn run(opts: &Options) -> Result<Summary, String> {
                 continue;
             };
             if restarted {
-                checker.audit(&store).await.map_err(ctx)?;
                 work.verify_acknowledged(&store).await.map_err(ctx)?;
+                checker.audit(&store).await.map_err(ctx)?;
             }
             checker.step(&store).await.map_err(ctx)?;
             let seen = list_instances(&node).await.map_err(ctx)?;

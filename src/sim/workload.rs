@@ -172,6 +172,14 @@ impl Workload {
         if inject == Some(Fault::SkipCharge) && node.is_up() && !self.injected {
             self.skip_a_charge(node).await?;
         }
+        if inject == Some(Fault::StaleTotals) && node.is_up() && !self.injected {
+            let store = node.store().cloned().ok_or("node down")?;
+            store
+                .write(|tx| tx.skew_total("charges", -1))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.injected = true;
+        }
         if inject == Some(Fault::Orphan) && node.is_up() && !self.injected {
             self.plant_orphan(node).await?;
         }

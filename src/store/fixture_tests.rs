@@ -495,6 +495,32 @@ async fn check(store: &Store) {
     // Schema 2's per-account index, built on open from the schema-1 file.
     let live = store.read(|rx| rx.count_active(ACCOUNT)).await.unwrap();
     assert_eq!(live, 1, "the running rental, counted by the account index");
+    // Schema 3's running totals, built on open from the whole history.
+    let totals: std::collections::BTreeMap<String, i64> = store
+        .read(|rx| rx.totals())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let credits: i64 = ledger
+        .iter()
+        .filter(|e| e.kind == crate::model::LedgerKind::Credit)
+        .map(|e| e.amount.0)
+        .sum();
+    let charges: i64 = ledger
+        .iter()
+        .filter(|e| e.kind == crate::model::LedgerKind::Charge)
+        .map(|e| -e.amount.0)
+        .sum();
+    assert_eq!(totals.get("credits"), Some(&credits));
+    assert_eq!(totals.get("charges"), Some(&charges));
+    for r in &rentals {
+        let n = rentals.iter().filter(|x| x.state == r.state).count() as i64;
+        assert_eq!(
+            totals.get(&format!("rentals:{}", r.state.as_str())),
+            Some(&n)
+        );
+    }
     assert_eq!(offers_read, offers());
 
     // Keys: the known secret authenticates; the revoked key is found by its hash.

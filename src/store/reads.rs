@@ -130,6 +130,16 @@ macro_rules! reads {
                 }
                 Ok(out)
             }
+            /// The running totals (see `tables::TOTALS`): (key, value) pairs.
+            pub(crate) fn totals(&self) -> Result<Vec<(String, i64)>, StoreError> {
+                let t = self.txn.open_table(TOTALS)?;
+                let mut out = Vec::new();
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    out.push((k.value().to_string(), v.value()));
+                }
+                Ok(out)
+            }
             /// How many of the account's rentals are not yet terminal (an index range:
             /// O(that account's live rentals)).
             pub(crate) fn count_active(&self, account: &str) -> Result<u64, StoreError> {

@@ -27,6 +27,12 @@ pub const LEDGER: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("le
 /// (scope, idempotency key) -> `IdempotencyRecord`.
 pub const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
 
+/// Running totals kept with the writes they count (schema 3), so `/metrics` reads a few
+/// keys instead of every rental and ledger entry: `credits` and `charges` (micro-USD,
+/// charges positive), `rentals:<state>` (how many rentals are in that state).
+pub const TOTALS: TableDefinition<&str, i64> = TableDefinition::new("totals");
+
 /// Bumped when a table's key or value layout changes, or a table is added that must be
-/// built from the others (`Store::open` migrates: 1 -> 2 builds `account_active`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// built from the others (`Store::open` migrates: 1 -> 2 builds `account_active`,
+/// 2 -> 3 builds `totals`).
+pub const SCHEMA_VERSION: u32 = 3;

@@ -30,6 +30,26 @@ fn put<T: Serialize>(
     Ok(())
 }
 
+/// The totals key of a rental state.
+pub(super) fn state_key(s: crate::model::RentalState) -> String {
+    format!("rentals:{}", s.as_str())
+}
+
+/// What an entry adds to the totals: credits as they are, charges as money charged.
+pub(super) fn ledger_total(e: &LedgerEntry) -> Option<(&'static str, i64)> {
+    match e.kind {
+        crate::model::LedgerKind::Credit => Some(("credits", e.amount.0)),
+        crate::model::LedgerKind::Charge => Some(("charges", -e.amount.0)),
+        crate::model::LedgerKind::Hold | crate::model::LedgerKind::Release => None,
+    }
+}
+
+fn bump(t: &mut redb::Table<&'static str, i64>, key: &str, by: i64) -> Result<(), StoreError> {
+    let now = t.get(key)?.map(|v| v.value()).unwrap_or(0);
+    t.insert(key, now + by)?;
+    Ok(())
+}
+
 impl Tx<'_> {
     fn mark(&self) {
         self.wrote.set(true);
@@ -81,10 +101,24 @@ impl Tx<'_> {
         }
         Ok(())
     }
-    /// Writes a rental and keeps the account and active indexes in step with it.
+    /// Writes a rental and keeps the account and active indexes and the per-state
+    /// totals in step with it.
     pub fn put_rental(&self, r: &Rental) -> Result<(), StoreError> {
         self.mark();
-        put(self.txn, RENTALS, &r.id, r)?;
+        let bytes = codec::encode(r)?;
+        let old = self
+            .txn
+            .open_table(RENTALS)?
+            .insert(r.id.as_str(), bytes.as_slice())?
+            .map(|v| codec::decode::<Rental>(v.value()))
+            .transpose()?;
+        if old.as_ref().map(|o| o.state) != Some(r.state) {
+            let mut totals = self.txn.open_table(TOTALS)?;
+            if let Some(o) = &old {
+                bump(&mut totals, &state_key(o.state), -1)?;
+            }
+            bump(&mut totals, &state_key(r.state), 1)?;
+        }
         self.txn
             .open_table(ACCOUNT_RENTALS)?
             .insert((r.account_id.as_str(), r.created_at, r.id.as_str()), ())?;
@@ -100,12 +134,30 @@ impl Tx<'_> {
         }
         Ok(())
     }
+    /// Moves a running total by `by` on its own, out of step with what it counts: only
+    /// the simulator's injected defect does this.
+    pub(crate) fn skew_total(&self, key: &str, by: i64) -> Result<(), StoreError> {
+        self.mark();
+        bump(&mut self.txn.open_table(TOTALS)?, key, by)
+    }
+    /// Writes a ledger entry and keeps the credit and charge totals in step (an entry
+    /// written again replaces what the old one counted).
     pub(crate) fn put_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
         self.mark();
         let bytes = codec::encode(e)?;
-        self.txn
+        let old = self
+            .txn
             .open_table(LEDGER)?
-            .insert((e.account_id.as_str(), e.seq), bytes.as_slice())?;
+            .insert((e.account_id.as_str(), e.seq), bytes.as_slice())?
+            .map(|v| codec::decode::<LedgerEntry>(v.value()))
+            .transpose()?;
+        let mut totals = self.txn.open_table(TOTALS)?;
+        if let Some((k, d)) = old.as_ref().and_then(ledger_total) {
+            bump(&mut totals, k, -d)?;
+        }
+        if let Some((k, d)) = ledger_total(e) {
+            bump(&mut totals, k, d)?;
+        }
         Ok(())
     }
     pub(crate) fn put_idempotency(

@@ -57,6 +57,7 @@ async fn every_invariant_catches_its_injected_defect() {
         (Fault::Orphan, "with no live rental"),
         (Fault::UnnamedCharge, "names neither a rental nor a request"),
         (Fault::LoseAck, "is missing after a restart"),
+        (Fault::StaleTotals, "running totals"),
     ];
     for (fault, says) in cases {
         let s = run(&opts(2, 0, 1, Some(fault))).await.unwrap();
