@@ -339,6 +339,20 @@ impl Workload {
             body["max_duration_seconds"] = json!(1800 + self.below(20_000));
         }
         let idem = self.key_name("rent");
+        self.send_rent(node, i, idem, body, "rent").await
+    }
+
+    /// Sends a rent with its Idempotency-Key; an acknowledged one is remembered, to be
+    /// checked after crashes and retried.
+    async fn send_rent(
+        &mut self,
+        node: &Node,
+        i: usize,
+        idem: String,
+        body: Value,
+        what: &str,
+    ) -> Result<(), String> {
+        let key = self.accounts[i].key.clone();
         let headers = [("Idempotency-Key", idem.as_str())];
         let r = node
             .call(
@@ -350,10 +364,10 @@ impl Workload {
             )
             .await?;
         // 402 no funds, 404 offer gone, 409 no capacity or too many, 503 provider error.
-        expect(&r.status, &[201, 402, 404, 409, 503], "rent", &r.text)?;
+        expect(&r.status, &[201, 402, 404, 409, 503], what, &r.text)?;
         if r.status == 201 {
             let id = str_of(&r.body["id"])?;
-            self.log(node, &format!("rent {id}: {body}"));
+            self.log(node, &format!("{what} {id}: {body}"));
             self.rentals.push((id.clone(), i));
             self.rents.push(Acked {
                 path: "/v1/gpus/rentals".into(),
@@ -568,36 +582,8 @@ impl Workload {
         let Some((i, idem, body)) = self.interrupted.take() else {
             return Ok(());
         };
-        let key = self.accounts[i].key.clone();
-        let headers = [("Idempotency-Key", idem.as_str())];
-        let r = node
-            .call(
-                Method::POST,
-                "/v1/gpus/rentals",
-                &key,
-                &headers,
-                Some(body.clone()),
-            )
-            .await?;
-        expect(
-            &r.status,
-            &[201, 402, 404, 409, 503],
-            "the rent retried after a crash",
-            &r.text,
-        )?;
-        if r.status == 201 {
-            let id = str_of(&r.body["id"])?;
-            self.log(node, &format!("rent {id} after the crash: {body}"));
-            self.rentals.push((id.clone(), i));
-            self.rents.push(Acked {
-                path: "/v1/gpus/rentals".into(),
-                idem,
-                body,
-                id,
-                key,
-            });
-        }
-        Ok(())
+        self.send_rent(node, i, idem, body, "the rent retried after a crash")
+            .await
     }
 
     async fn heal_clouds(&mut self, node: &Node) -> Result<(), String> {
