@@ -82,6 +82,9 @@ pub struct Billing {
     pub min_session_seconds: u64,
     /// How often running rentals are charged.
     pub metering_interval_seconds: u64,
+    /// A hosted request that gives no `max_tokens` reserves this many output tokens'
+    /// worth of credit before it is sent (settled to its real usage after).
+    pub hosted_reserve_output_tokens: u64,
 }
 
 impl Default for Billing {
@@ -89,6 +92,7 @@ impl Default for Billing {
         Billing {
             min_session_seconds: 600,
             metering_interval_seconds: 10,
+            hosted_reserve_output_tokens: 4096,
         }
     }
 }

@@ -540,6 +540,7 @@ async fn build(
             idle_timeout_seconds: cfg.deployments.idle_timeout_seconds,
             upstream_timeout: Duration::from_secs(cfg.deployments.upstream_timeout_seconds.max(1)),
             estimated_deploy_seconds,
+            reserve_output_tokens: cfg.billing.hosted_reserve_output_tokens,
         },
         tasks.clone(),
     ));

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::admission::Reserved;
 use super::catalog::{token_cost, HostedModel};
 use super::stream::{SseMeter, Usage};
 use super::{read_all, Answer, Endpoint, Inference};
@@ -23,12 +24,6 @@ impl Inference {
         req: &mut Value,
         stream: bool,
     ) -> Result<Answer> {
-        let acct = crate::accounts::get_account(&self.store, account).await?;
-        if acct.available() <= crate::money::Usd::ZERO {
-            return Err(Error::InsufficientCredit(
-                "insufficient credit: add credit to use hosted models".into(),
-            ));
-        }
         let client_wants_usage = req
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
@@ -45,6 +40,16 @@ impl Inference {
         let prompt_words = prompt_words(req);
         let request_id = ids::new_id("req");
         let body = serde_json::to_vec(&*req).map_err(|e| Error::Bug(e.to_string()))?;
+        // Its largest cost is reserved before it is sent: an answer is always chargeable.
+        let estimate = token_cost(
+            h,
+            max_input_tokens(body.len()),
+            max_output_tokens(req, ep, self.cfg.reserve_output_tokens),
+        );
+        let reserved = self
+            .admission
+            .reserve(&self.store, account, estimate)
+            .await?;
         let url = format!("{}{}", h.base_url, ep.path());
         let resp = self
             .forward(&url, h.api_key.as_deref(), body, &h.upstream)
@@ -56,6 +61,7 @@ impl Inference {
             model: h.clone(),
             request_id: request_id.clone(),
             prompt_words,
+            reserved,
         };
         if stream && resp.is_event_stream() {
             let status = resp.status;
@@ -84,10 +90,12 @@ impl Inference {
             });
         }
         let (status, bytes) = read_all(resp).await?;
-        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-            if let Some(u) = Usage::from_json(&v) {
-                billing.charge(u, None).await;
-            }
+        let usage = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| Usage::from_json(&v));
+        match usage {
+            Some(u) => billing.charge(u, None).await,
+            None => billing.reserved.release().await,
         }
         Ok(Answer::Json {
             status,
@@ -105,12 +113,15 @@ struct HostedBilling {
     model: HostedModel,
     request_id: String,
     prompt_words: u64,
+    /// Let go once the charge is durable.
+    reserved: Reserved,
 }
 
 impl HostedBilling {
     async fn charge(self, u: Usage, note: Option<&'static str>) {
         let cost = token_cost(&self.model, u.prompt_tokens, u.completion_tokens);
         if cost == crate::money::Usd::ZERO {
+            self.reserved.release().await;
             return;
         }
         let mut text = format!(
@@ -147,6 +158,7 @@ impl HostedBilling {
                 tracing::warn!(request = %self.request_id, error = %e, "hosted request charge failed")
             }
         }
+        self.reserved.release().await;
     }
 }
 
@@ -188,5 +200,59 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "two words"}]}]});
         assert_eq!(prompt_words(&v), 5);
         assert_eq!(prompt_words(&json!({"input": ["a b", "c"]})), 3);
+    }
+}
+
+/// The most input tokens a body of `bytes` can hold: no tokenizer makes fewer than one
+/// byte per token of JSON text, so this is an upper bound (a generous one).
+fn max_input_tokens(bytes: usize) -> u64 {
+    bytes as u64
+}
+
+/// The most output tokens the request allows: its `max_completion_tokens` or
+/// `max_tokens` (times `n` choices), else `default`; embeddings have none.
+fn max_output_tokens(req: &Value, ep: Endpoint, default: u64) -> u64 {
+    if ep == Endpoint::Embeddings {
+        return 0;
+    }
+    let max = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(default);
+    let n = req
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128);
+    max.saturating_mul(n)
+}
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_output_bound_follows_max_tokens_and_n() {
+        let chat = Endpoint::Chat;
+        assert_eq!(max_output_tokens(&json!({}), chat, 4096), 4096);
+        assert_eq!(max_output_tokens(&json!({"max_tokens": 8}), chat, 4096), 8);
+        assert_eq!(
+            max_output_tokens(
+                &json!({"max_tokens": 8, "max_completion_tokens": 3}),
+                chat,
+                9
+            ),
+            3
+        );
+        assert_eq!(
+            max_output_tokens(&json!({"max_tokens": 8, "n": 3}), chat, 9),
+            24
+        );
+        assert_eq!(
+            max_output_tokens(&json!({"max_tokens": 8}), Endpoint::Embeddings, 9),
+            0
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! bills hosted models; `deployments` starts, tracks and proxies to deployments;
 //! `reaper` ends idle ones; `stream` meters server-sent events.
 
+mod admission;
 pub mod catalog;
 mod deployments;
 mod hosted;
@@ -53,6 +54,8 @@ pub struct InferenceConfig {
     pub upstream_timeout: Duration,
     /// Expected time from cold start to ready (provisioning + model load).
     pub estimated_deploy_seconds: u64,
+    /// Output tokens a hosted request without `max_tokens` reserves credit for.
+    pub reserve_output_tokens: u64,
 }
 
 /// The three OpenAI endpoints spotd proxies.
@@ -108,6 +111,8 @@ pub struct Inference {
     pub(crate) activity: Arc<Activity>,
     /// Charges of streams and activity writes run here, drained before the store closes.
     tasks: Tasks,
+    /// Hosted requests' reservations against available credit.
+    admission: Arc<admission::Admission>,
 }
 
 impl Inference {
@@ -135,6 +140,7 @@ impl Inference {
             ready: Mutex::new(HashMap::new()),
             activity: Arc::new(Activity::default()),
             tasks,
+            admission: Arc::default(),
         }
     }
 

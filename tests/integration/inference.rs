@@ -515,3 +515,56 @@ async fn model_ids_with_a_slash_and_empty_query_values() {
     assert_eq!(r.status, 404, "{:?}", r.body);
     assert_eq!(r.err_code(), "model_not_found");
 }
+
+/// Parallel hosted requests on a nearly empty account: each reserves its largest cost
+/// before it is sent, so the ones that get an answer are all charged in full for their
+/// usage, the others get 402, and available never goes below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_requests_on_a_nearly_empty_account_are_never_answered_free() {
+    let d = Daemon::in_process("[limits]\nrequests_per_second = 1000\nburst = 1000\n").await;
+    let (_, key) = d.account("nearly-empty", "0.0001").await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "say something nice about spot GPUs"}]})
+    .to_string();
+    let calls = (0..20).map(|_| {
+        d.call_h(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            &[],
+            Some(body.clone().into_bytes()),
+        )
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let charges = request_charges(&d, &key).await;
+    let mut answered = 0;
+    for r in &answers {
+        match r.status {
+            200 => {
+                answered += 1;
+                let id = r.headers["x-request-id"].to_str().unwrap();
+                let u = &r.body["usage"];
+                let cost = mini_cost(
+                    u["prompt_tokens"].as_u64().unwrap(),
+                    u["completion_tokens"].as_u64().unwrap(),
+                );
+                let c = charges
+                    .iter()
+                    .find(|c| c["request_id"] == id)
+                    .unwrap_or_else(|| panic!("answered {id} was never charged"));
+                assert_eq!(usd(&c["amount"]), -cost, "charged in full: {c}");
+            }
+            402 => assert_eq!(r.err_code(), "insufficient_credit", "{:?}", r.body),
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    assert!(answered >= 1, "the first requests fit");
+    assert!(answered < 20, "not all twenty fit in $0.0001");
+    assert_eq!(
+        charges.len(),
+        answered,
+        "one charge per answer, none for a 402"
+    );
+    let (_, _, avail) = d.assert_books_balance(&key).await;
+    assert!(avail >= Usd::ZERO);
+}
