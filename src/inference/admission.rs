@@ -126,11 +126,11 @@ mod tests {
         assert_eq!(adm.reserved(&a.id).await, Usd(40));
         // Dropped without release (an upstream error): given back in the background.
         drop(r2);
-        for _ in 0..100 {
+        for _ in 0..500 {
             if adm.reserved(&a.id).await == Usd::ZERO {
                 break;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(adm.reserved(&a.id).await, Usd::ZERO);
         assert!(adm.reserve(&store, &a.id, Usd(100)).await.is_ok());

@@ -51,7 +51,12 @@ impl Inference {
     /// The caller's live deployments, by model.
     pub(super) async fn deployments(&self, account: &str) -> Result<BTreeMap<String, Rental>> {
         let acct = account.to_string();
-        let all = self.store.read(move |rx| rx.account_rentals(&acct)).await?;
+        // The account's live rentals only (an index), never its whole history.
+        let mut all = self
+            .store
+            .read(move |rx| rx.account_live_rentals(&acct))
+            .await?;
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let mut out = BTreeMap::new();
         for r in all {
             if let (Some(m), RentalState::Provisioning | RentalState::Running) =

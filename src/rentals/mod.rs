@@ -177,23 +177,37 @@ impl Rentals {
             .await
     }
 
-    /// An account's rentals (all accounts' for `None`), newest first.
-    pub async fn list(
+    /// A page of an account's rentals (all accounts' for `None`), newest first, strictly
+    /// before the `(created_at, id)` cursor `after`, at most `limit`. One account's page
+    /// is read from its index (O(page)); all accounts' still scans every rental.
+    pub async fn page(
         &self,
         account_id: Option<&str>,
         state: Option<RentalState>,
+        after: Option<(i64, String)>,
+        limit: usize,
     ) -> Result<Vec<Rental>> {
         let owner = account_id.map(str::to_string);
-        let mut v = self
-            .store
-            .read(move |rx| match owner {
-                Some(o) => rx.account_rentals(&o),
-                None => rx.rentals(),
+        let keep = move |r: &Rental| state.is_none_or(|s| r.state == s);
+        self.store
+            .read(move |rx| {
+                let before = after.as_ref().map(|(t, id)| (*t, id.as_str()));
+                match owner {
+                    Some(o) => rx.account_rentals_page(&o, before, limit, keep),
+                    None => {
+                        let mut v = rx.rentals()?;
+                        v.retain(|r| keep(r));
+                        v.retain(|r| {
+                            before.is_none_or(|(t, id)| (r.created_at, r.id.as_str()) < (t, id))
+                        });
+                        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+                        v.truncate(limit);
+                        Ok(v)
+                    }
+                }
             })
-            .await?;
-        v.retain(|r| state.is_none_or(|s| r.state == s));
-        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-        Ok(v)
+            .await
+            .map_err(Error::from)
     }
 
     /// `POST .../activity`: resets the idle clock of a running rental.

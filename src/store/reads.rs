@@ -117,6 +117,68 @@ macro_rules! reads {
                 }
                 Ok(out)
             }
+            /// One page of an account's rentals, newest first: those strictly before
+            /// `before` (a `(created_at, id)` cursor) that `keep` accepts, at most
+            /// `limit`. O(page) without a filter; a filter reads on until the page is
+            /// full or the account's history ends.
+            pub(crate) fn account_rentals_page(
+                &self,
+                account: &str,
+                before: Option<(i64, &str)>,
+                limit: usize,
+                keep: impl Fn(&Rental) -> bool,
+            ) -> Result<Vec<Rental>, StoreError> {
+                let idx = self.txn.open_table(ACCOUNT_RENTALS)?;
+                let t = self.txn.open_table(RENTALS)?;
+                let lo = (account, i64::MIN, "");
+                let mut out = Vec::new();
+                let push = |id: &str, out: &mut Vec<Rental>| -> Result<bool, StoreError> {
+                    if let Some(r) = get_rec::<Rental>(&t, id)? {
+                        if keep(&r) {
+                            out.push(r);
+                        }
+                    }
+                    Ok(out.len() >= limit)
+                };
+                match before {
+                    Some((at, id)) => {
+                        for item in idx.range(lo..(account, at, id))?.rev() {
+                            let (k, _) = item?;
+                            if push(k.value().2, &mut out)? {
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        for item in idx.range(lo..=(account, i64::MAX, "\u{10FFFF}"))?.rev() {
+                            let (k, _) = item?;
+                            if push(k.value().2, &mut out)? {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            /// An account's rentals not yet terminal (its live-rental index).
+            pub(crate) fn account_live_rentals(
+                &self,
+                account: &str,
+            ) -> Result<Vec<Rental>, StoreError> {
+                let idx = self.txn.open_table(ACCOUNT_ACTIVE)?;
+                let t = self.txn.open_table(RENTALS)?;
+                let mut out = Vec::new();
+                for item in idx.range((account, "")..)? {
+                    let (k, _) = item?;
+                    if k.value().0 != account {
+                        break;
+                    }
+                    if let Some(r) = get_rec(&t, k.value().1)? {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            }
             /// Rentals not in a terminal state.
             pub(crate) fn active_rentals(&self) -> Result<Vec<Rental>, StoreError> {
                 let idx = self.txn.open_table(ACTIVE_RENTALS)?;

@@ -164,3 +164,55 @@ fn count_active_follows_states_and_is_built_for_a_schema_1_database() {
     let v: Option<u32> = store.read_blocking(|rx| rx.meta("schema_version")).unwrap();
     assert_eq!(v, Some(SCHEMA_VERSION));
 }
+
+/// An account's page of rentals comes from its index, newest first, strictly before
+/// the cursor, filtered, and never shows another account's.
+#[test]
+fn account_pages_walk_the_index_newest_first() {
+    use crate::model::RentalState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mk = |i: i64, acct: &str, state: RentalState| {
+        let mut r = crate::ledger::tests::rental(crate::money::Usd(1), crate::money::Usd(0));
+        (r.id, r.account_id, r.state, r.created_at) = (format!("rnt_{i}"), acct.into(), state, i);
+        r
+    };
+    let rentals: Vec<_> = (1..=6)
+        .map(|i| {
+            let state = if i % 2 == 0 {
+                RentalState::Terminated
+            } else {
+                RentalState::Running
+            };
+            mk(i, if i == 4 { "acct_b" } else { "acct_a" }, state)
+        })
+        .collect();
+    rt.block_on(store.write(move |tx| rentals.iter().try_for_each(|r| tx.put_rental(r))))
+        .unwrap();
+    let page = |before: Option<(i64, &str)>, limit, only: Option<RentalState>| {
+        store
+            .read_blocking(|rx| {
+                rx.account_rentals_page("acct_a", before, limit, |r| {
+                    only.is_none_or(|s| r.state == s)
+                })
+            })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(None, 2, None), ["rnt_6", "rnt_5"]);
+    assert_eq!(page(Some((5, "rnt_5")), 2, None), ["rnt_3", "rnt_2"]);
+    assert_eq!(page(Some((2, "rnt_2")), 2, None), ["rnt_1"]);
+    assert_eq!(
+        page(None, 10, Some(RentalState::Running)),
+        ["rnt_5", "rnt_3", "rnt_1"]
+    );
+    let live = store
+        .read_blocking(|rx| rx.account_live_rentals("acct_a"))
+        .unwrap();
+    assert_eq!(live.len(), 3);
+}

@@ -613,7 +613,7 @@ async fn no_capacity_fails_the_rent_without_a_charge() {
     let h = harness(CREDIT).await;
     h.fake.next_create_is(CreateMode::NoCapacity);
     assert!(h.rs.rent(&h.account, rent_o1()).await.is_err());
-    let rentals = h.rs.list(Some(&h.account), None).await.unwrap();
+    let rentals = h.rs.page(Some(&h.account), None, None, 1000).await.unwrap();
     assert_eq!(rentals.len(), 1);
     assert_eq!(rentals[0].state, RentalState::Failed);
     let a = h.books().await;

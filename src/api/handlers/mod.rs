@@ -78,16 +78,10 @@ async fn list_rentals(app: &App, ctx: &Ctx, account: Option<&str>) -> Result<Rep
         }
     }
     let owner = account.map(str::to_string).or(account_filter);
-    let all = app.rentals.list(owner.as_deref(), state).await?;
-    let page: Vec<_> = all
-        .iter()
-        .filter(|r| {
-            after
-                .as_ref()
-                .is_none_or(|(t, id)| (r.created_at, &r.id) < (*t, id))
-        })
-        .take(limit + 1)
-        .collect();
+    let page = app
+        .rentals
+        .page(owner.as_deref(), state, after, limit + 1)
+        .await?;
     let next = (page.len() > limit)
         .then(|| {
             page.get(limit - 1)
@@ -96,9 +90,6 @@ async fn list_rentals(app: &App, ctx: &Ctx, account: Option<&str>) -> Result<Rep
         .flatten();
     Ok((
         StatusCode::OK,
-        views::list(
-            page.iter().take(limit).map(|r| views::rental(r)).collect(),
-            next,
-        ),
+        views::list(page.iter().take(limit).map(views::rental).collect(), next),
     ))
 }
