@@ -57,7 +57,7 @@ pub(crate) fn append(
 }
 
 /// Adds credit (positive) or takes it back (negative, never below `held`).
-pub(crate) fn credit(
+pub fn credit(
     tx: &Tx<'_>,
     account: &mut Account,
     amount: Usd,

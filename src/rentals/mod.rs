@@ -178,8 +178,8 @@ impl Rentals {
     }
 
     /// A page of an account's rentals (all accounts' for `None`), newest first, strictly
-    /// before the `(created_at, id)` cursor `after`, at most `limit`. One account's page
-    /// is read from its index (O(page)); all accounts' still scans every rental.
+    /// before the `(created_at, id)` cursor `after`, at most `limit`: read from an index,
+    /// O(page) (a state filter reads on until the page is full).
     pub async fn page(
         &self,
         account_id: Option<&str>,
@@ -194,16 +194,7 @@ impl Rentals {
                 let before = after.as_ref().map(|(t, id)| (*t, id.as_str()));
                 match owner {
                     Some(o) => rx.account_rentals_page(&o, before, limit, keep),
-                    None => {
-                        let mut v = rx.rentals()?;
-                        v.retain(|r| keep(r));
-                        v.retain(|r| {
-                            before.is_none_or(|(t, id)| (r.created_at, r.id.as_str()) < (t, id))
-                        });
-                        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-                        v.truncate(limit);
-                        Ok(v)
-                    }
+                    None => rx.rentals_page(before, limit, keep),
                 }
             })
             .await

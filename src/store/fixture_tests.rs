@@ -495,6 +495,15 @@ async fn check(store: &Store) {
     // Schema 2's per-account index, built on open from the schema-1 file.
     let live = store.read(|rx| rx.count_active(ACCOUNT)).await.unwrap();
     assert_eq!(live, 1, "the running rental, counted by the account index");
+    // Schema 4's time index, built on open: every rental, newest first.
+    let by_time = store
+        .read(|rx| rx.rentals_page(None, 100, |_| true))
+        .await
+        .unwrap();
+    assert_eq!(by_time.len(), rentals.len());
+    assert!(by_time
+        .windows(2)
+        .all(|w| (w[0].created_at, &w[0].id) > (w[1].created_at, &w[1].id)));
     // Schema 3's running totals, built on open from the whole history.
     let totals: std::collections::BTreeMap<String, i64> = store
         .read(|rx| rx.totals())

@@ -77,6 +77,7 @@ impl Store {
             txn.open_table(OFFERS)?;
             txn.open_table(RENTALS)?;
             txn.open_table(ACCOUNT_RENTALS)?;
+            txn.open_table(RENTALS_BY_TIME)?;
             txn.open_table(ACTIVE_RENTALS)?;
             txn.open_table(ACCOUNT_ACTIVE)?;
             txn.open_table(TOTALS)?;
@@ -93,11 +94,14 @@ impl Store {
                         meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                     }
                     Some(v) if v == SCHEMA_VERSION => {}
-                    Some(v @ (1 | 2)) => {
-                        if v == 1 {
+                    Some(v @ 1..=3) => {
+                        if v < 2 {
                             migrate_1_to_2(&txn)?;
                         }
-                        migrate_2_to_3(&txn)?;
+                        if v < 3 {
+                            migrate_2_to_3(&txn)?;
+                        }
+                        migrate_3_to_4(&txn)?;
                         meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                     }
                     Some(v) => {
@@ -206,7 +210,7 @@ impl Store {
 
     /// Stops the writer after the writes already queued and releases the file, so the
     /// same database can be opened again in this process (a restart in tests).
-    pub(crate) fn close(self) {
+    pub fn close(self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.jobs.send(Job::Stop(tx)).is_ok() {
             drop(self.db);
@@ -230,6 +234,18 @@ impl Store {
         let txn = self.db.begin_read().map_err(StoreError::from)?;
         f(&Rx { txn })
     }
+}
+
+/// Schema 3 -> 4: `rentals_by_time` from every rental (one pass, once).
+fn migrate_3_to_4(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let rentals = txn.open_table(RENTALS)?;
+    let mut by_time = txn.open_table(RENTALS_BY_TIME)?;
+    for item in rentals.iter()? {
+        let (_, v) = item?;
+        let r: Rental = codec::decode(v.value())?;
+        by_time.insert((r.created_at, r.id.as_str()), ())?;
+    }
+    Ok(())
 }
 
 /// Schema 2 -> 3: `totals` from every rental and ledger entry (one pass over history,

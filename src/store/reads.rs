@@ -160,6 +160,34 @@ macro_rules! reads {
                 }
                 Ok(out)
             }
+            /// One page of every account's rentals, newest first, as
+            /// [`Self::account_rentals_page`] does for one account.
+            pub(crate) fn rentals_page(
+                &self,
+                before: Option<(i64, &str)>,
+                limit: usize,
+                keep: impl Fn(&Rental) -> bool,
+            ) -> Result<Vec<Rental>, StoreError> {
+                let idx = self.txn.open_table(RENTALS_BY_TIME)?;
+                let t = self.txn.open_table(RENTALS)?;
+                let mut out = Vec::new();
+                let range = match before {
+                    Some(b) => idx.range(..b)?,
+                    None => idx.range::<(i64, &str)>(..)?,
+                };
+                for item in range.rev() {
+                    let (k, _) = item?;
+                    if let Some(r) = get_rec::<Rental>(&t, k.value().1)? {
+                        if keep(&r) {
+                            out.push(r);
+                            if out.len() >= limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
             /// An account's rentals not yet terminal (its live-rental index).
             pub(crate) fn account_live_rentals(
                 &self,

@@ -32,7 +32,12 @@ pub const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::n
 /// charges positive), `rentals:<state>` (how many rentals are in that state).
 pub const TOTALS: TableDefinition<&str, i64> = TableDefinition::new("totals");
 
+/// (created_at ms, rental id) -> (): every rental in time order (schema 4), so the
+/// admin's list pages from an index instead of sorting all of history.
+pub const RENTALS_BY_TIME: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("rentals_by_time");
+
 /// Bumped when a table's key or value layout changes, or a table is added that must be
 /// built from the others (`Store::open` migrates: 1 -> 2 builds `account_active`,
-/// 2 -> 3 builds `totals`).
-pub const SCHEMA_VERSION: u32 = 3;
+/// 2 -> 3 builds `totals`, 3 -> 4 builds `rentals_by_time`).
+pub const SCHEMA_VERSION: u32 = 4;

@@ -215,4 +215,15 @@ fn account_pages_walk_the_index_newest_first() {
         .read_blocking(|rx| rx.account_live_rentals("acct_a"))
         .unwrap();
     assert_eq!(live.len(), 3);
+    // Every account's, from the time index.
+    let all = |before: Option<(i64, &str)>| {
+        store
+            .read_blocking(|rx| rx.rentals_page(before, 3, |_| true))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all(None), ["rnt_6", "rnt_5", "rnt_4"]);
+    assert_eq!(all(Some((4, "rnt_4"))), ["rnt_3", "rnt_2", "rnt_1"]);
 }

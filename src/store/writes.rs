@@ -120,6 +120,9 @@ impl Tx<'_> {
             bump(&mut totals, &state_key(r.state), 1)?;
         }
         self.txn
+            .open_table(RENTALS_BY_TIME)?
+            .insert((r.created_at, r.id.as_str()), ())?;
+        self.txn
             .open_table(ACCOUNT_RENTALS)?
             .insert((r.account_id.as_str(), r.created_at, r.id.as_str()), ())?;
         let mut active = self.txn.open_table(ACTIVE_RENTALS)?;
