@@ -21,6 +21,14 @@ use crate::model::{Account, IdempotencyRecord};
 
 /// Idempotency records answer for this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// The status of a record written before its operation runs: "in progress", with the
+/// operation's nonce as its response.
+const IN_PROGRESS: u16 = 0;
+
+/// A record still inside its 24 h window.
+fn live(r: &IdempotencyRecord, now: i64) -> bool {
+    now - r.created_at < IDEMPOTENCY_TTL_MS
+}
 
 /// A request as a handler sees it: the path split and decoded once, the route's
 /// parameters, the caller the route's access asked for, and the body (read and
@@ -300,10 +308,11 @@ async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Cal
 /// within 24 h answers the stored response; the same key with another body is 422.
 /// Without the header, `f` just runs.
 ///
-/// `f` gets a stable id derived from the scope and the key (or `None` without a key):
-/// operations use it for the object they create, so a retry after a crash between the
-/// operation's commit and the stored response finds that object instead of making a
-/// second one.
+/// `f` gets a stable id for this use of the key (or `None` without a key): operations
+/// derive the id of the object they create from it, so a retry after a crash between
+/// the operation's commit and the stored response finds that object instead of making
+/// a second one. It is a random nonce written (as an in-progress record) before `f`
+/// runs, so the same key used again after its 24 h is a new operation with new ids.
 pub async fn idempotent<F, Fut>(app: &App, scope: &str, ctx: &Ctx, f: F) -> Result<Reply>
 where
     F: FnOnce(Option<String>) -> Fut,
@@ -328,7 +337,7 @@ where
     let now = app.clock.now();
     let (sc, k) = (scope.to_string(), key.clone());
     let existing = app.store.read(move |rx| rx.idempotency(&sc, &k)).await?;
-    if let Some(rec) = existing.filter(|r| now - r.created_at < IDEMPOTENCY_TTL_MS) {
+    if let Some(rec) = existing.filter(|r| live(r, now) && r.status != IN_PROGRESS) {
         return replay(rec, &body_hash);
     }
     let lock = format!("{scope}\u{0}{key}");
@@ -349,10 +358,34 @@ where
     let again: Result<Option<IdempotencyRecord>> =
         app.store.read(move |rx| Ok(rx.idempotency(&sc, &k)?)).await;
     let result = match again {
-        Ok(Some(rec)) if now - rec.created_at < IDEMPOTENCY_TTL_MS => replay(rec, &body_hash),
-        Ok(_) => {
-            let stable = ids::hash_bytes(format!("{scope}\u{0}{key}").as_bytes());
-            let r = f(Some(stable[..16].to_string())).await;
+        Ok(Some(rec)) if live(&rec, now) && rec.status != IN_PROGRESS => replay(rec, &body_hash),
+        Ok(prev) => {
+            // An attempt with this key that never finished (the daemon died in it) left
+            // its nonce: the retry reuses it, and so finds what that attempt made.
+            let (nonce, started) = match prev.filter(|r| live(r, now)) {
+                Some(r) if r.body_hash != body_hash => {
+                    return Err(Error::IdempotencyMismatch(
+                        "this Idempotency-Key was already used with a different request body"
+                            .into(),
+                    ))
+                }
+                Some(r) => (r.response, r.created_at),
+                None => {
+                    let nonce = ids::random_token(16);
+                    let marker = IdempotencyRecord {
+                        body_hash: body_hash.clone(),
+                        status: IN_PROGRESS,
+                        response: nonce.clone(),
+                        created_at: now,
+                    };
+                    let (sc, k) = (scope.to_string(), key.clone());
+                    app.store
+                        .write(move |tx| tx.put_idempotency(&sc, &k, &marker))
+                        .await?;
+                    (nonce, now)
+                }
+            };
+            let r = f(Some(nonce)).await;
             let stored = match &r {
                 Ok((status, v)) => Some((status.as_u16(), v.clone())),
                 Err(e) => {
@@ -369,7 +402,8 @@ where
                     body_hash: body_hash.clone(),
                     status,
                     response: v.to_string(),
-                    created_at: app.clock.now(),
+                    // The window is 24 h from the first attempt.
+                    created_at: started,
                 };
                 let (sc, k) = (scope.to_string(), key.clone());
                 if let Err(e) = app

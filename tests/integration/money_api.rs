@@ -210,3 +210,86 @@ async fn idempotent_account_and_key_creation_never_store_the_secret() {
         );
     }
 }
+
+/// An Idempotency-Key is remembered for 24 h; used again after that it is a new
+/// operation with new ids: a new account, a new credit, a new key that can be revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_after_its_24_hours_is_a_new_operation() {
+    // Hourly rounds: a day of clock time is a few dozen of them.
+    let slow = "[billing]\nmetering_interval_seconds = 3600\n[sandbox]\nrefresh_seconds = 3600\n";
+    let d = Daemon::in_process_with(slow, Some((3600, 3600))).await;
+    let admin = d.admin.clone();
+    let post = |path: String, key: &'static str, body: serde_json::Value| {
+        let d = &d;
+        let admin = admin.clone();
+        async move {
+            d.call_h(
+                Method::POST,
+                &path,
+                Some(&admin),
+                &[("Idempotency-Key", key)],
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let a1 = post(
+        "/admin/v1/accounts".into(),
+        "acct-key",
+        json!({"name": "team-a", "credit": 1}),
+    )
+    .await;
+    assert_eq!(a1.status, 201, "{:?}", a1.body);
+    let again = post(
+        "/admin/v1/accounts".into(),
+        "acct-key",
+        json!({"name": "team-a", "credit": 1}),
+    )
+    .await;
+    assert_eq!(
+        again.body["id"], a1.body["id"],
+        "a replay within the window"
+    );
+    d.advance(25 * 3600).await;
+    let a2 = post(
+        "/admin/v1/accounts".into(),
+        "acct-key",
+        json!({"name": "team-b", "credit": 2}),
+    )
+    .await;
+    assert_eq!(a2.status, 201, "{:?}", a2.body);
+    assert_ne!(a2.body["id"], a1.body["id"], "a new account after 24 h");
+    assert_eq!(a2.body["name"], "team-b");
+
+    let id = a2.body["id"].as_str().unwrap().to_string();
+    let credits = format!("/admin/v1/accounts/{id}/credits");
+    let c1 = post(credits.clone(), "credit-key", json!({"amount": 5})).await;
+    assert_eq!(c1.status, 200, "{:?}", c1.body);
+    d.advance(25 * 3600).await;
+    let c2 = post(credits.clone(), "credit-key", json!({"amount": 5})).await;
+    assert_eq!(c2.status, 200, "{:?}", c2.body);
+    assert_ne!(
+        c2.body["entry"]["id"], c1.body["entry"]["id"],
+        "credited again"
+    );
+    assert_eq!(usd(&c2.body["balance"]), Usd::from_dollars(12));
+
+    let keys = format!("/admin/v1/accounts/{id}/keys");
+    let k1 = post(keys.clone(), "key-key", json!({})).await;
+    assert_eq!(k1.status, 201, "{:?}", k1.body);
+    d.advance(25 * 3600).await;
+    let k2 = post(keys.clone(), "key-key", json!({})).await;
+    assert_eq!(k2.status, 201, "{:?}", k2.body);
+    assert_ne!(k2.body["id"], k1.body["id"]);
+    assert!(k2.body["key"].is_string(), "a new secret, shown once");
+    let revoke = d
+        .call(
+            Method::DELETE,
+            &format!("/admin/v1/keys/{}", k2.body["id"].as_str().unwrap()),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(revoke.status, 200, "{:?}", revoke.body);
+    assert!(revoke.body["revoked_at"].is_string(), "{:?}", revoke.body);
+}
