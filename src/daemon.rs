@@ -313,6 +313,8 @@ impl Daemon {
         let rental_loop =
             workers::rentals::run(self.rentals.clone(), self.cadence, workers_stop.clone());
         let reaper_loop = reaper::run(self.inference.clone(), workers_stop.clone());
+        let retention_loop =
+            workers::retention::run(self.store.clone(), self.clock.clone(), workers_stop.clone());
         // A preempted deployment is redeployed in the background (a weak reference: the
         // rentals must not keep inference alive).
         {
@@ -325,7 +327,7 @@ impl Daemon {
             });
         }
         let workers = tokio::spawn(async move {
-            tokio::join!(sync, rental_loop, reaper_loop);
+            tokio::join!(sync, rental_loop, reaper_loop, retention_loop);
         });
         self.run_api(listener, shutdown, workers_stop, workers)
     }

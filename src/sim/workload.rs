@@ -35,6 +35,8 @@ struct Acked {
     /// The id the answer gave (a ledger entry's or a rental's).
     id: String,
     key: String,
+    /// When it was acknowledged (its key replays for 24 h from then).
+    at: Millis,
 }
 
 pub struct Workload {
@@ -275,6 +277,7 @@ impl Workload {
             body,
             id: entry,
             key: node.admin.clone(),
+            at: node.clock.now(),
         });
         Ok(())
     }
@@ -375,6 +378,7 @@ impl Workload {
                 body,
                 id,
                 key,
+                at: node.clock.now(),
             });
         }
         Ok(())
@@ -613,7 +617,10 @@ impl Workload {
     /// replay their first answers and act no more.
     async fn retry_after_crash(&mut self, node: &Node) -> Result<(), String> {
         for (what, a) in [("credit", self.credits.last()), ("rent", self.rents.last())] {
-            let Some(a) = a else { continue };
+            // A key replays for 24 h; used after that it is a new operation.
+            let Some(a) = a.filter(|a| node.clock.now() - a.at < 23 * 3_600_000) else {
+                continue;
+            };
             let headers = [("Idempotency-Key", a.idem.as_str())];
             let r = node
                 .call(

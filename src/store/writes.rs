@@ -176,4 +176,57 @@ impl Tx<'_> {
             .insert((scope, key), bytes.as_slice())?;
         Ok(())
     }
+    /// Sweeps what only matters for 24 h: idempotency records written before `cutoff`
+    /// and the credit markers (`credit:...` meta keys) of credits made before it. At
+    /// most `limit` of each per call, so one sweep never holds the writer for long.
+    /// Answers how many of each went.
+    pub(crate) fn sweep_expired(
+        &self,
+        cutoff: crate::clock::Millis,
+        limit: usize,
+    ) -> Result<(usize, usize), StoreError> {
+        self.mark();
+        let mut idem = self.txn.open_table(IDEMPOTENCY)?;
+        let old: Vec<(String, String)> = idem
+            .iter()?
+            .filter_map(|item| {
+                let (k, v) = item.ok()?;
+                let rec: IdempotencyRecord = codec::decode(v.value()).ok()?;
+                let (scope, key) = k.value();
+                (rec.created_at < cutoff).then(|| (scope.to_string(), key.to_string()))
+            })
+            .take(limit)
+            .collect();
+        for (scope, key) in &old {
+            idem.remove((scope.as_str(), key.as_str()))?;
+        }
+        let ledger = self.txn.open_table(LEDGER)?;
+        let mut meta = self.txn.open_table(META)?;
+        let mut markers = Vec::new();
+        for item in meta.range("credit:".."credit;")? {
+            let (k, v) = item?;
+            let name = k.value().to_string();
+            let Some(account) = name
+                .strip_prefix("credit:")
+                .and_then(|r| r.split(':').next())
+            else {
+                continue;
+            };
+            let seq: u64 = codec::decode(v.value())?;
+            let at = match ledger.get((account, seq))? {
+                Some(e) => codec::decode::<LedgerEntry>(e.value())?.at,
+                None => crate::clock::Millis::MIN,
+            };
+            if at < cutoff {
+                markers.push(name);
+                if markers.len() >= limit {
+                    break;
+                }
+            }
+        }
+        for m in &markers {
+            meta.remove(m.as_str())?;
+        }
+        Ok((old.len(), markers.len()))
+    }
 }

@@ -1,0 +1,119 @@
+//! Retention: what only matters for 24 h is swept once an hour: idempotency records
+//! (a key used again after its window is a new operation anyway) and the markers of
+//! idempotent credits. Each round deletes in bounded batches, one commit each.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, Signal};
+use crate::store::{Store, StoreError};
+
+/// Idempotency records and credit markers live this long.
+pub(crate) const KEEP_MS: i64 = 24 * 3600 * 1000;
+const EVERY_MS: i64 = 3600 * 1000;
+const BATCH: usize = 1000;
+
+/// One sweep: answers how many (idempotency records, credit markers) it removed.
+pub(crate) async fn sweep_once(store: &Store, clock: &Clock) -> Result<(usize, usize), StoreError> {
+    let cutoff = clock.now() - KEEP_MS;
+    let mut total = (0, 0);
+    loop {
+        let (a, b) = store
+            .write(move |tx| tx.sweep_expired(cutoff, BATCH))
+            .await?;
+        total = (total.0 + a, total.1 + b);
+        if a < BATCH && b < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Sweeps at start and every hour until shutdown. The ticker is registered when this
+/// is called.
+pub(crate) fn run(
+    store: Store,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send {
+    let mut ticker = clock.ticker(Signal::new("retention"));
+    async move {
+        loop {
+            match sweep_once(&store, &clock).await {
+                Ok((0, 0)) => {}
+                Ok((idem, markers)) => {
+                    tracing::info!(idem, markers, "swept expired idempotency records")
+                }
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.sleep(EVERY_MS) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IdempotencyRecord;
+    use crate::money::Usd;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_and_markers_go_after_24_hours_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let clock = Clock::manual(1_800_000_000_000);
+        let (a, _) = crate::accounts::create_account(&store, &clock, "t", Usd(0))
+            .await
+            .unwrap();
+        let credit = |once: &str| {
+            crate::accounts::add_credit_once(&store, &clock, &a.id, Usd(5), None, Some(once.into()))
+        };
+        let record = |key: &'static str, at: i64| {
+            store.write(move |tx| {
+                let rec = IdempotencyRecord {
+                    body_hash: "h".into(),
+                    status: 200,
+                    response: "{}".into(),
+                    created_at: at,
+                };
+                tx.put_idempotency("admin", key, &rec)
+            })
+        };
+        credit("old").await.unwrap();
+        record("old", clock.now()).await.unwrap();
+        clock.advance(KEEP_MS - 1000);
+        credit("new").await.unwrap();
+        record("new", clock.now()).await.unwrap();
+        assert_eq!(
+            sweep_once(&store, &clock).await.unwrap(),
+            (0, 0),
+            "nothing is 24 h old"
+        );
+        clock.advance(2000);
+        assert_eq!(
+            sweep_once(&store, &clock).await.unwrap(),
+            (1, 1),
+            "the old ones go"
+        );
+        let id = a.id.clone();
+        let (old, new, m_old, m_new) = store
+            .read(move |rx| {
+                Ok::<_, StoreError>((
+                    rx.idempotency("admin", "old")?,
+                    rx.idempotency("admin", "new")?,
+                    rx.meta::<u64>(&format!("credit:{id}:old"))?,
+                    rx.meta::<u64>(&format!("credit:{id}:new"))?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert!(old.is_none() && m_old.is_none());
+        assert!(new.is_some() && m_new.is_some());
+        // The books are untouched: two credits of 5.
+        let a = crate::accounts::get_account(&store, &a.id).await.unwrap();
+        assert_eq!(a.balance, Usd(10));
+    }
+}
