@@ -2,11 +2,14 @@
 //! possible cost (the input, estimated from the body's size, and `max_tokens` of output,
 //! or `billing.hosted_reserve_output_tokens`) is reserved against the account's
 //! `available` credit; the exact cost is charged once the answer's usage is known, and
-//! only then is the reservation let go. Parallel requests on a nearly empty account so
-//! never get answers that cannot be charged: the ones that do not fit get 402.
+//! only then is the reservation let go. Parallel hosted requests on a nearly empty
+//! account so never get answers that cannot be charged: the ones that do not fit get
+//! 402.
 //!
 //! Reservations live in memory (they last as long as their request, which a crash ends
-//! anyway), not in the ledger. They are taken and let go under one async lock, with the
+//! anyway), not in the ledger, so a rental's hold or its metering does not see them: a
+//! rent placed while a request is in flight can still leave that request's charge
+//! capped at what is left (the README says so). They are taken and let go under one async lock, with the
 //! account read inside it, so a charge landing cannot be counted twice or not at all.
 
 use std::collections::HashMap;

@@ -49,6 +49,14 @@ const SANDBOX_HOSTED_PRICES: &[(&str, i64, i64)] = &[
     ("text-embedding-3-small", 20_000, 0),
 ];
 
+/// What a sandbox hosted model charges for `input` and `output` tokens (the simulator
+/// checks charges against it).
+pub(crate) fn sandbox_cost(model: &str, input: u64, output: u64) -> Option<Usd> {
+    let &(_, i, o) = SANDBOX_HOSTED_PRICES.iter().find(|(m, _, _)| *m == model)?;
+    let num = i128::from(i) * i128::from(input) + i128::from(o) * i128::from(output);
+    Some(Usd(((num + 500_000) / 1_000_000) as i64))
+}
+
 /// Cold models of the sandbox: (id, total VRAM needed in GB).
 const SANDBOX_COLD: &[(&str, u32)] = &[
     ("meta-llama/Llama-3.1-8B-Instruct", 24),

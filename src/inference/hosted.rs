@@ -43,7 +43,7 @@ impl Inference {
         // Its largest cost is reserved before it is sent: an answer is always chargeable.
         let estimate = token_cost(
             h,
-            max_input_tokens(body.len()),
+            max_input_tokens(req, body.len()),
             max_output_tokens(req, ep, self.cfg.reserve_output_tokens),
         );
         let reserved = self
@@ -203,11 +203,29 @@ mod tests {
     }
 }
 
-/// The most input tokens a body of `bytes` can hold: no tokenizer makes fewer than one
-/// byte per token of JSON text, so this is an upper bound (a generous one).
-fn max_input_tokens(bytes: usize) -> u64 {
-    bytes as u64
+/// An upper bound on the input tokens of a request of `bytes` bytes: no tokenizer makes
+/// fewer than one byte of JSON text per token, and each image or audio part (whose
+/// tokens are not in its text) counts as `PART_TOKENS` more.
+fn max_input_tokens(req: &Value, bytes: usize) -> u64 {
+    let parts = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|p| {
+            p.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t != "text")
+        })
+        .count() as u64;
+    (bytes as u64).saturating_add(parts.saturating_mul(PART_TOKENS))
 }
+
+/// Input tokens counted for one image or audio part (a high-detail image is at most a
+/// few thousand).
+const PART_TOKENS: u64 = 8_192;
 
 /// The most output tokens the request allows: its `max_completion_tokens` or
 /// `max_tokens` (times `n` choices), else `default`; embeddings have none.
@@ -215,16 +233,11 @@ fn max_output_tokens(req: &Value, ep: Endpoint, default: u64) -> u64 {
     if ep == Endpoint::Embeddings {
         return 0;
     }
-    let max = req
-        .get("max_completion_tokens")
-        .or_else(|| req.get("max_tokens"))
-        .and_then(Value::as_u64)
+    let field = |k: &str| req.get(k).and_then(Value::as_u64);
+    let max = field("max_completion_tokens")
+        .or_else(|| field("max_tokens"))
         .unwrap_or(default);
-    let n = req
-        .get("n")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, 128);
+    let n = field("n").unwrap_or(1).max(1);
     max.saturating_mul(n)
 }
 

@@ -10,6 +10,10 @@ use crate::ledger;
 use crate::model::{Offer, Rental, RentalState, TerminationReason};
 use crate::providers::{CreateInstance, Instance, InstanceState, ProviderError};
 
+/// How many failed attempts one Idempotency-Key may retry under derived ids before a
+/// retry gets a random one.
+const MAX_RETRY_IDS: usize = 64;
+
 impl Rentals {
     /// The offers a request may use, best first.
     fn candidates(&self, req: &RentRequest) -> Result<Vec<Offer>> {
@@ -71,11 +75,22 @@ impl Rentals {
     /// capacity" moves the same rental (and its hold) to the next candidate.
     pub async fn rent(&self, account_id: &str, req: RentRequest) -> Result<Rental> {
         let mut req = req;
-        if let Some(id) = req.id.clone() {
+        if let Some(base) = req.id.take() {
             // A retry of a rent whose answer was lost (a crash before it was stored)
-            // gets that rental; a rent that failed, or one older than the key's 24 h,
-            // does not answer for a new one, which gets a fresh id.
-            if let Ok(r) = self.get(Some(account_id), &id).await {
+            // gets that rental. One whose earlier attempt failed (a 503, not stored, so
+            // it may be retried) or was abandoned rents anew under the next id derived
+            // from the same nonce (`rnt_N`, `rnt_N_1`, ...): a later retry walks the same
+            // ids and finds the new rental instead of making a second one.
+            for k in 0..MAX_RETRY_IDS {
+                let id = if k == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}_{k}")
+                };
+                let Ok(r) = self.get(Some(account_id), &id).await else {
+                    req.id = Some(id);
+                    break;
+                };
                 let failed = r.state == RentalState::Failed;
                 let stale = self.clock.now() - r.created_at >= IDEMPOTENCY_WINDOW_MS;
                 // The attempt that wrote this intent died with an earlier process
@@ -98,7 +113,6 @@ impl Rentals {
                 } else if !failed && !stale {
                     return Ok(r);
                 }
-                req.id = None;
             }
         }
         let candidates = self.candidates(&req)?;

@@ -24,6 +24,8 @@ pub struct Answered {
     pub account: String,
     /// The answer reported usage: its charge must be non-zero.
     pub had_usage: bool,
+    /// What the charge must be exactly, when the answer said its usage.
+    pub expected: Option<Usd>,
     /// When it was answered (clock time).
     pub at: Millis,
 }
@@ -33,8 +35,8 @@ pub struct Checker {
     books: HashMap<String, Books>,
     /// Charges by rental, summed (negative).
     by_rental: HashMap<String, Usd>,
-    /// Request ids that have a charge.
-    charged: HashSet<String>,
+    /// Request ids that have a charge, and its amount (positive).
+    charged: HashMap<String, Usd>,
     /// Rentals live at the last check.
     active: HashSet<String>,
     /// Rentals already found terminal and checked.
@@ -115,7 +117,7 @@ impl Checker {
                     *self.by_rental.entry(r.clone()).or_default() += e.amount;
                 }
                 if let Some(q) = &e.request_id {
-                    self.charged.insert(q.clone());
+                    *self.charged.entry(q.clone()).or_default() -= e.amount;
                 }
             }
         }
@@ -168,7 +170,16 @@ impl Checker {
         self.active = now_active;
         // 3. every answered hosted request is charged.
         for a in std::mem::take(&mut self.pending) {
-            let charged = self.charged.contains(&a.request_id);
+            let amount = self.charged.get(&a.request_id).copied();
+            if let (Some(want), Some(got)) = (a.expected, amount) {
+                self.ok(got == want, || {
+                    format!(
+                        "hosted request {} of {} was charged {got}, its usage costs {want}",
+                        a.request_id, a.account
+                    )
+                })?;
+            }
+            let charged = amount.is_some();
             self.ok(charged || !a.had_usage, || {
                 format!(
                     "hosted request {} of {} answered at {} with usage but never charged",

@@ -39,6 +39,8 @@ pub enum Fault {
     Orphan,
     /// A hosted request's charge loses the id of the request it bills.
     UnnamedCharge,
+    /// A hosted request is charged less than its usage costs.
+    Undercharge,
     /// An acknowledged rental is gone after a crash.
     LoseAck,
     /// The running totals `/metrics` reads drift from what they count.

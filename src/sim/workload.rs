@@ -479,15 +479,29 @@ impl Workload {
         };
         // Stream charges land in the background: let them.
         node.clock.settle().await.map_err(|e| e.to_string())?;
-        if inject == Some(Fault::UnnamedCharge) && !self.injected {
+        if matches!(inject, Some(Fault::UnnamedCharge | Fault::Undercharge)) && !self.injected {
             let store = node.store().cloned().ok_or("node down")?;
-            self.unname_charge(&store, &self.accounts[i].id.clone(), &request_id)
-                .await?;
+            let under = inject == Some(Fault::Undercharge) && !stream;
+            if inject == Some(Fault::UnnamedCharge) || under {
+                self.tamper_charge(&store, &self.accounts[i].id.clone(), &request_id, under)
+                    .await?;
+            }
         }
+        let expected = (!stream)
+            .then(|| {
+                let u = &r.body["usage"];
+                crate::inference::catalog::sandbox_cost(
+                    "gpt-4o-mini",
+                    u["prompt_tokens"].as_u64()?,
+                    u["completion_tokens"].as_u64()?,
+                )
+            })
+            .flatten();
         checker.expect_charge(Answered {
             request_id,
             account: self.accounts[i].id.clone(),
             had_usage,
+            expected,
             at: node.clock.now(),
         });
         Ok(())
@@ -763,11 +777,14 @@ impl Workload {
         Ok(())
     }
 
-    async fn unname_charge(
+    /// The request's charge loses its request id, or (`under`) is one micro-dollar
+    /// short, the balance kept equal to the ledger's sum.
+    async fn tamper_charge(
         &mut self,
         store: &Store,
         account: &str,
         request_id: &str,
+        under: bool,
     ) -> Result<(), String> {
         let (acct, rid) = (account.to_string(), request_id.to_string());
         let done = store
@@ -779,7 +796,16 @@ impl Workload {
                 else {
                     return Ok(false);
                 };
-                e.request_id = None;
+                if under {
+                    let Some(mut a) = tx.account(&acct)? else {
+                        return Ok(false);
+                    };
+                    e.amount += Usd(1);
+                    a.balance += Usd(1);
+                    tx.put_account(&a)?;
+                } else {
+                    e.request_id = None;
+                }
                 tx.put_ledger(&e)?;
                 Ok::<_, StoreError>(true)
             })

@@ -35,6 +35,7 @@ use writer::{writer_loop, Completion, Job, Op};
 
 pub use error::StoreError;
 pub use reads::Rx;
+pub(crate) use writes::SweepCursor;
 pub use writes::Tx;
 
 /// redb's page cache (its default is 1 GiB: one scrape that read the whole ledger took

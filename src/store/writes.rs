@@ -177,56 +177,92 @@ impl Tx<'_> {
         Ok(())
     }
     /// Sweeps what only matters for 24 h: idempotency records written before `cutoff`
-    /// and the credit markers (`credit:...` meta keys) of credits made before it. At
-    /// most `limit` of each per call, so one sweep never holds the writer for long.
-    /// Answers how many of each went.
+    /// and the credit markers (`credit:...` meta keys) of credits made before it. Reads
+    /// at most `limit` rows of each table per call, from the cursors `from` (where the
+    /// previous call stopped), so a sweep is one pass in bounded batches however much
+    /// there is. Answers what it removed and where to go on (`None`: done).
     pub(crate) fn sweep_expired(
         &self,
         cutoff: crate::clock::Millis,
         limit: usize,
-    ) -> Result<(usize, usize), StoreError> {
+        from: &SweepCursor,
+    ) -> Result<(usize, usize, SweepCursor), StoreError> {
         self.mark();
+        let mut next = SweepCursor::default();
         let mut idem = self.txn.open_table(IDEMPOTENCY)?;
-        let old: Vec<(String, String)> = idem
-            .iter()?
-            .filter_map(|item| {
-                let (k, v) = item.ok()?;
-                let rec: IdempotencyRecord = codec::decode(v.value()).ok()?;
+        let mut old = Vec::new();
+        if let Some((scope, key)) = &from.idempotency {
+            let mut seen = 0;
+            for item in idem.range((scope.as_str(), key.as_str())..)? {
+                let (k, v) = item?;
                 let (scope, key) = k.value();
-                (rec.created_at < cutoff).then(|| (scope.to_string(), key.to_string()))
-            })
-            .take(limit)
-            .collect();
+                seen += 1;
+                if seen > limit {
+                    next.idempotency = Some((scope.to_string(), key.to_string()));
+                    break;
+                }
+                let rec: IdempotencyRecord = codec::decode(v.value())?;
+                if rec.created_at < cutoff {
+                    old.push((scope.to_string(), key.to_string()));
+                }
+            }
+        }
         for (scope, key) in &old {
             idem.remove((scope.as_str(), key.as_str()))?;
         }
         let ledger = self.txn.open_table(LEDGER)?;
         let mut meta = self.txn.open_table(META)?;
         let mut markers = Vec::new();
-        for item in meta.range("credit:".."credit;")? {
-            let (k, v) = item?;
-            let name = k.value().to_string();
-            let Some(account) = name
-                .strip_prefix("credit:")
-                .and_then(|r| r.split(':').next())
-            else {
-                continue;
-            };
-            let seq: u64 = codec::decode(v.value())?;
-            let at = match ledger.get((account, seq))? {
-                Some(e) => codec::decode::<LedgerEntry>(e.value())?.at,
-                None => crate::clock::Millis::MIN,
-            };
-            if at < cutoff {
-                markers.push(name);
-                if markers.len() >= limit {
+        if let Some(start) = &from.markers {
+            let mut seen = 0;
+            for item in meta.range(start.as_str().."credit;")? {
+                let (k, v) = item?;
+                let name = k.value().to_string();
+                seen += 1;
+                if seen > limit {
+                    next.markers = Some(name);
                     break;
+                }
+                let Some(account) = name
+                    .strip_prefix("credit:")
+                    .and_then(|r| r.split(':').next())
+                else {
+                    continue;
+                };
+                let seq: u64 = codec::decode(v.value())?;
+                let at = match ledger.get((account, seq))? {
+                    Some(e) => codec::decode::<LedgerEntry>(e.value())?.at,
+                    None => crate::clock::Millis::MIN,
+                };
+                if at < cutoff {
+                    markers.push(name);
                 }
             }
         }
         for m in &markers {
             meta.remove(m.as_str())?;
         }
-        Ok((old.len(), markers.len()))
+        Ok((old.len(), markers.len(), next))
+    }
+}
+
+/// Where a retention sweep goes on: the next idempotency key and credit marker to read
+/// (`None`: that table is done). [`SweepCursor::start`] reads both from the beginning.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SweepCursor {
+    pub(crate) idempotency: Option<(String, String)>,
+    pub(crate) markers: Option<String>,
+}
+
+impl SweepCursor {
+    pub(crate) fn start() -> SweepCursor {
+        SweepCursor {
+            idempotency: Some((String::new(), String::new())),
+            markers: Some("credit:".to_string()),
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.idempotency.is_none() && self.markers.is_none()
     }
 }

@@ -466,6 +466,12 @@ async fn run_loop(rs: Rentals, cadence: Cadence, mut ticker: Ticker, shutdown: C
     let (mut next_sync, mut next_meter, mut next_sweep) =
         (start + sync_ms, start + meter_ms, start + sweep_ms);
     loop {
+        // A wall clock stepped back (NTP) must not push the next rounds an hour away:
+        // no deadline is ever more than its interval from now.
+        let now = ticker.now();
+        next_sync = next_sync.min(now + sync_ms);
+        next_meter = next_meter.min(now + meter_ms);
+        next_sweep = next_sweep.min(now + sweep_ms);
         let due = next_sync.min(next_meter).min(next_sweep);
         tokio::select! {
             _ = shutdown.cancelled() => break,

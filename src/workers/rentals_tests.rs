@@ -589,6 +589,12 @@ async fn a_retry_after_a_crash_mid_create_rents_anew() {
         .unwrap();
     assert_eq!(again.id, retry.id);
     assert_eq!(h.fake.creates(), 2);
+    // The same key again (its answer lost once more): the ids derived from its nonce
+    // lead to the new rental, never to a third create.
+    let third = rs.rent(&h.account, req()).await.unwrap();
+    assert_eq!(third.id, retry.id, "the rental the retry made");
+    assert_eq!(retry.id, "rnt_stable0000000001_1");
+    assert_eq!(h.fake.creates(), 2);
     h.books().await;
 }
 

@@ -1,13 +1,14 @@
 //! Retention: what only matters for 24 h is swept once an hour: idempotency records
 //! (a key used again after its window is a new operation anyway) and the markers of
-//! idempotent credits. Each round deletes in bounded batches, one commit each.
+//! idempotent credits. Each round is one pass over each table in batches of 1,000 rows,
+//! one commit each.
 
 use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Signal};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, SweepCursor};
 
 /// Idempotency records and credit markers live this long.
 pub(crate) const KEEP_MS: i64 = 24 * 3600 * 1000;
@@ -18,15 +19,17 @@ const BATCH: usize = 1000;
 pub(crate) async fn sweep_once(store: &Store, clock: &Clock) -> Result<(usize, usize), StoreError> {
     let cutoff = clock.now() - KEEP_MS;
     let mut total = (0, 0);
-    loop {
-        let (a, b) = store
-            .write(move |tx| tx.sweep_expired(cutoff, BATCH))
+    let mut cursor = SweepCursor::start();
+    // One pass over each table, BATCH rows a commit: the writer is never held long.
+    while !cursor.done() {
+        let from = cursor.clone();
+        let (a, b, next) = store
+            .write(move |tx| tx.sweep_expired(cutoff, BATCH, &from))
             .await?;
         total = (total.0 + a, total.1 + b);
-        if a < BATCH && b < BATCH {
-            return Ok(total);
-        }
+        cursor = next;
     }
+    Ok(total)
 }
 
 /// Sweeps at start and every hour until shutdown. The ticker is registered when this
@@ -115,5 +118,52 @@ mod tests {
         // The books are untouched: two credits of 5.
         let a = crate::accounts::get_account(&store, &a.id).await.unwrap();
         assert_eq!(a.balance, Usd(10));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_is_one_pass_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        store
+            .write(|tx| {
+                for i in 0..25 {
+                    let rec = IdempotencyRecord {
+                        body_hash: "h".into(),
+                        status: 200,
+                        response: "{}".into(),
+                        // Every third one is young.
+                        created_at: if i % 3 == 0 { 10_000 } else { 0 },
+                    };
+                    tx.put_idempotency("s", &format!("k{i:02}"), &rec)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let mut cursor = SweepCursor::start();
+        let (mut removed, mut calls) = (0, 0);
+        while !cursor.done() {
+            let from = cursor.clone();
+            let (a, _, next) = store
+                .write(move |tx| tx.sweep_expired(5_000, 10, &from))
+                .await
+                .unwrap();
+            removed += a;
+            calls += 1;
+            cursor = next;
+        }
+        assert_eq!(removed, 16, "the 16 old of 25");
+        assert_eq!(calls, 3, "25 rows, 10 a batch");
+        let left = store
+            .read(|rx| {
+                let mut n = 0;
+                for i in 0..25 {
+                    n += usize::from(rx.idempotency("s", &format!("k{i:02}"))?.is_some());
+                }
+                Ok::<_, StoreError>(n)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, 9);
     }
 }

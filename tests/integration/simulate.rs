@@ -56,6 +56,7 @@ async fn every_invariant_catches_its_injected_defect() {
         (Fault::LoseRelease, "open holds"),
         (Fault::Orphan, "with no live rental"),
         (Fault::UnnamedCharge, "names neither a rental nor a request"),
+        (Fault::Undercharge, "its usage costs"),
         (Fault::LoseAck, "is missing after a restart"),
         (Fault::StaleTotals, "running totals"),
     ];
