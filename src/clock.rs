@@ -124,8 +124,9 @@ impl Clock {
         Ok(steps)
     }
 
-    /// Manual clock: waits until every ticker sleeps with a deadline in the future and
-    /// no signal is pending, i.e. all the work due now is done. Real time bounds the
+    /// Manual clock: waits until every ticker sleeps with a deadline in the future, no
+    /// signal is pending and no plain sleep due now is still to run, i.e. all the work
+    /// due now is done. Real time bounds the
     /// wait: a loop that never sleeps again is reported, not waited for forever.
     pub async fn settle(&self) -> Result<(), Stuck> {
         let Clock::Manual(m) = self else {
@@ -197,6 +198,11 @@ impl ManualState {
     fn busy_ticker(&self) -> Option<String> {
         if self.held > 0 {
             return Some(format!("{} background task(s)", self.held));
+        }
+        // A plain sleeper whose deadline passed has been woken but not yet run: what it
+        // does next (a `Prefer: wait` poll, say) is part of the work due now.
+        if self.sleepers.values().any(|(d, _)| *d <= self.now) {
+            return Some("a sleeper due".to_string());
         }
         self.tickers.values().find_map(|(d, s)| match d {
             Some(d) if *d > self.now && !s.is_pending() => None,
@@ -534,6 +540,35 @@ mod tests {
         );
         c.advance_settled(1).await.unwrap();
         assert_eq!(rounds.load(Ordering::SeqCst), 362);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn advance_settled_waits_for_plain_sleepers_that_fell_due() {
+        let c = Clock::manual(0);
+        let woke = Arc::new(AtomicUsize::new(0));
+        for i in 1..=20i64 {
+            let (c2, w) = (c.clone(), woke.clone());
+            tokio::spawn(async move {
+                c2.sleep_until(i * 100).await;
+                w.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Let the sleepers register.
+        let registered = |c: &Clock| match c {
+            Clock::Manual(m) => m.lock().sleepers.len(),
+            Clock::System => 0,
+        };
+        while registered(&c) < 20 {
+            tokio::task::yield_now().await;
+        }
+        c.advance_settled(1_000).await.unwrap();
+        assert_eq!(
+            woke.load(Ordering::SeqCst),
+            10,
+            "the ten due by 1 s, and only those"
+        );
+        c.advance_settled(1_000).await.unwrap();
+        assert_eq!(woke.load(Ordering::SeqCst), 20);
     }
 
     #[tokio::test(start_paused = true)]

@@ -335,6 +335,13 @@ impl Checker {
                 )
             })?;
             for e in entries.iter().filter(|e| e.kind == LedgerKind::Charge) {
+                let named = e.rental_id.is_some() || e.request_id.is_some();
+                self.ok(named, || {
+                    format!(
+                        "audit: charge {} names neither a rental nor a request",
+                        e.id
+                    )
+                })?;
                 if let Some(r) = &e.rental_id {
                     *by_rental.entry(r.as_str()).or_default() += e.amount;
                 }

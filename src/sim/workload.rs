@@ -724,13 +724,13 @@ impl Workload {
 
     async fn overcharge(&mut self, store: &Store, rental: &str) -> Result<(), String> {
         let id = rental.to_string();
-        store
+        let done = store
             .write(move |tx| {
                 let Some(mut r) = tx.rental(&id)? else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 let Some(mut a) = tx.account(&r.account_id)? else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 if a.available() >= Usd(1) {
                     let now = r.ended_at.unwrap_or(0);
@@ -744,12 +744,13 @@ impl Workload {
                     )?;
                     tx.put_rental(&r)?;
                     tx.put_account(&a)?;
+                    return Ok(true);
                 }
-                Ok::<_, crate::error::Error>(())
+                Ok::<_, crate::error::Error>(false)
             })
             .await
             .map_err(|e| e.to_string())?;
-        self.injected = true;
+        self.injected |= done;
         Ok(())
     }
 
