@@ -7,39 +7,21 @@
 //!
 //! Run: `cargo bench --bench ledger`
 
+#[path = "support/mod.rs"]
+mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::offer;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use spotd::error::Error;
 use spotd::ledger;
-use spotd::model::{Account, Offer, Rental, RentalState};
+use spotd::model::{Account, Rental, RentalState};
 use spotd::money::Usd;
 use spotd::store::{Store, Tx};
 
 const CALLERS: usize = 64;
 const OPS_PER_CALLER: usize = 8;
-
-fn offer() -> Offer {
-    Offer {
-        id: "bench:o1".into(),
-        provider: "bench".into(),
-        native_id: "o1".into(),
-        gpu: "H100 SXM".into(),
-        gpu_count: 1,
-        vram_gb: 80,
-        vcpus: 16,
-        ram_gb: 128,
-        disk_gb: 500,
-        region: "us-east".into(),
-        price_per_hour: Usd(2_500_000),
-        on_demand_price_per_hour: None,
-        interruptible: true,
-        reliability: 0.99,
-        available: 1,
-        updated_at: 0,
-    }
-}
 
 fn rental(id: String, account: &str) -> Rental {
     Rental {

@@ -10,40 +10,22 @@
 //!
 //! Run: `cargo bench --bench scale` (SCALE_SIZES=10000,100000 to choose the sizes; 0 is a fresh dir).
 
+#[path = "support/mod.rs"]
+mod support;
 use std::time::{Duration, Instant};
+use support::offer;
 
 use spotd::clock::Clock;
 use spotd::daemon::Daemon;
 use spotd::http_client::HttpClient;
 use spotd::ledger;
-use spotd::model::{Account, Offer, Rental, RentalState};
+use spotd::model::{Account, Rental, RentalState};
 use spotd::money::Usd;
 use spotd::store::Store;
 
 const T0: i64 = 1_796_083_200_000;
 /// Charges per ended rental.
 const CHARGES_PER_RENTAL: usize = 48;
-
-fn offer() -> Offer {
-    Offer {
-        id: "bench:o1".into(),
-        provider: "bench".into(),
-        native_id: "o1".into(),
-        gpu: "H100 SXM".into(),
-        gpu_count: 1,
-        vram_gb: 80,
-        vcpus: 16,
-        ram_gb: 128,
-        disk_gb: 500,
-        region: "us-east".into(),
-        price_per_hour: Usd(2_500_000),
-        on_demand_price_per_hour: None,
-        interruptible: true,
-        reliability: 0.99,
-        available: 1,
-        updated_at: 0,
-    }
-}
 
 /// Writes `entries` ledger entries of ended rentals into `path`: 30% of the rentals on
 /// one account ("big"), the rest over 20 others. Answers the big account's id.

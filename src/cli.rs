@@ -80,7 +80,7 @@ pub struct SimulateArgs {
     /// Simulated days.
     #[arg(long, default_value_t = 30)]
     pub days: u64,
-    /// Extra simulated hours, added to --days.
+    /// Extra simulated hours, added to --days (`--days 0 --hours 6` for six hours).
     #[arg(long, default_value_t = 0)]
     pub hours: u64,
     /// The seed of the workload and of the sandbox clouds.

@@ -88,6 +88,18 @@ impl Clock {
         }
     }
 
+    /// Manual clock: how many plain sleeps are waiting for a deadline still ahead (a
+    /// request parked on the clock, such as a `Prefer: wait`); 0 on the system clock.
+    pub fn parked_sleepers(&self) -> usize {
+        match self {
+            Clock::System => 0,
+            Clock::Manual(m) => {
+                let st = m.lock();
+                st.sleepers.values().filter(|(d, _)| *d > st.now).count()
+            }
+        }
+    }
+
     /// Marks work in progress that the manual clock must wait for before it counts as
     /// settled (a background write, a redeploy), until the guard is dropped.
     pub(crate) fn busy(&self) -> Busy {

@@ -53,6 +53,7 @@
 //!   instance and answer 500 all the same (a create that fails although it created);
 //!   `"create_delay_seconds": N`, every create waits N s of the sandbox's clock before
 //!   it acts (a create in flight, for as long as a test wants).
+//! - `GET /<cloud>/_control/parked`: `{"parked": N}`, the creates waiting out that delay.
 
 mod catalog;
 mod llm;
@@ -170,6 +171,7 @@ pub async fn start(
                 down: AtomicBool::new(false),
                 create_lies: AtomicUsize::new(0),
                 create_delay_seconds: AtomicUsize::new(0),
+                parked_creates: AtomicUsize::new(0),
             })
             .collect(),
         instances: tokio::sync::Mutex::new(instances),
@@ -286,6 +288,8 @@ pub(crate) struct CloudState {
     create_lies: AtomicUsize,
     /// Set by `_control/fail`: creates wait this many seconds (clock time) first.
     create_delay_seconds: AtomicUsize,
+    /// Creates waiting out that delay now (`GET /<cloud>/_control/parked`).
+    parked_creates: AtomicUsize,
 }
 
 #[derive(Default)]

@@ -318,6 +318,10 @@ async fn cloud_route(
             })
             .await
         }
+        (&Method::GET, ["_control", "parked"]) => Reply::json(
+            StatusCode::OK,
+            &json!({"parked": c.parked_creates.load(Ordering::SeqCst)}),
+        ),
         (&Method::POST, ["_control", "fail"]) => {
             #[derive(serde::Deserialize)]
             struct Fail {
@@ -378,7 +382,9 @@ async fn offers(st: &Arc<State>, c: &CloudState) -> Reply {
 async fn create(st: &Arc<State>, c: &CloudState, body: &[u8]) -> Reply {
     let delay = c.create_delay_seconds.load(Ordering::SeqCst);
     if delay > 0 {
+        c.parked_creates.fetch_add(1, Ordering::SeqCst);
         st.clock.sleep(delay as i64 * 1000).await;
+        c.parked_creates.fetch_sub(1, Ordering::SeqCst);
     }
     let req: CreateInstance = match serde_json::from_slice(body) {
         Ok(r) => r,

@@ -237,15 +237,16 @@ impl Workload {
         let path = format!("/admin/v1/accounts/{}/credits", self.accounts[i].id);
         let body = json!({"amount": amount.parse::<Value>().map_err(|e| e.to_string())?, "note": "top-up"});
         let headers = [("Idempotency-Key", idem.as_str())];
-        let r = node
-            .call(
+        let send = || {
+            node.call(
                 Method::POST,
                 &path,
                 &node.admin,
                 &headers,
                 Some(body.clone()),
             )
-            .await?;
+        };
+        let r = send().await?;
         if r.status == 400 && amount.parse::<f64>().unwrap_or(0.0) == 0.0 {
             return Ok(()); // a zero credit is refused, and that is fine
         }
@@ -253,15 +254,7 @@ impl Workload {
         let entry = str_of(&r.body["entry"]["id"])?;
         // A client retrying at once (its answer lost): the same entry, nothing new.
         if self.chance(300) {
-            let again = node
-                .call(
-                    Method::POST,
-                    &path,
-                    &node.admin,
-                    &headers,
-                    Some(body.clone()),
-                )
-                .await?;
+            let again = send().await?;
             let same = again.status == 200 && again.body["entry"]["id"] == entry.as_str();
             if !same {
                 return Err(format!(
@@ -584,8 +577,16 @@ impl Workload {
         let idem = self.key_name("rent");
         let body = json!({"offer_id": o["id"]});
         node.call_in_background("/v1/gpus/rentals", &key, &idem, body.clone());
-        // Real time for the request to reach the cloud, where it waits on the clock.
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        // Until the create has reached the cloud, where it waits on the clock (real
+        // time bounded: a rent refused before its create, say for credit, never comes).
+        let parked = format!("/{cloud}/_control/parked");
+        for _ in 0..400 {
+            let p = node.cloud(Method::GET, &parked, None).await?;
+            if p.body["parked"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         self.log(node, &format!("crash with a rent in flight on {cloud}"));
         node.crash().await;
         summary.crashes += 1;
