@@ -304,6 +304,9 @@ impl Future for ManualSleep {
         let mut st = self.clock.lock();
         if st.now >= self.deadline {
             st.sleepers.remove(&self.id);
+            drop(st);
+            // A settle may be waiting for this sleeper to have run.
+            self.clock.changed.notify_waiters();
             return Poll::Ready(());
         }
         st.sleepers
@@ -573,14 +576,26 @@ mod tests {
         while registered(&c) < 20 {
             tokio::task::yield_now().await;
         }
+        // Settled means every due sleeper has been polled past its sleep; what its task
+        // does next (here, one increment) runs right after, on its own thread.
+        let reaches = |n: usize| {
+            let w = woke.clone();
+            async move {
+                for _ in 0..1000 {
+                    if w.load(Ordering::SeqCst) >= n {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                w.load(Ordering::SeqCst)
+            }
+        };
         c.advance_settled(1_000).await.unwrap();
-        assert_eq!(
-            woke.load(Ordering::SeqCst),
-            10,
-            "the ten due by 1 s, and only those"
-        );
+        assert_eq!(c.parked_sleepers(), 10, "the ten due after 1 s still wait");
+        assert_eq!(reaches(10).await, 10, "the ten due by 1 s, and only those");
         c.advance_settled(1_000).await.unwrap();
-        assert_eq!(woke.load(Ordering::SeqCst), 20);
+        assert_eq!(c.parked_sleepers(), 0);
+        assert_eq!(reaches(20).await, 20);
     }
 
     #[tokio::test(start_paused = true)]
