@@ -38,6 +38,10 @@ impl Clock {
         Clock::Manual(Arc::new(Manual::new(start)))
     }
 
+    pub fn is_manual(&self) -> bool {
+        matches!(self, Clock::Manual(_))
+    }
+
     pub fn now(&self) -> Millis {
         match self {
             Clock::System => SystemTime::now()
@@ -96,6 +100,32 @@ impl Clock {
             Clock::Manual(m) => {
                 let st = m.lock();
                 st.sleepers.values().filter(|(d, _)| *d > st.now).count()
+            }
+        }
+    }
+
+    /// Manual clock: awaits `f` (a request that may park on the clock, such as one with
+    /// `Prefer: wait`), moving time `step_ms` at a time, but only while something is
+    /// parked on the clock and all else is settled, so how far time moves does not
+    /// depend on real time. On the system clock it just awaits `f`.
+    pub async fn run_parked<F: Future>(&self, f: F, step_ms: i64) -> Result<F::Output, Stuck> {
+        if !self.is_manual() {
+            return Ok(f.await);
+        }
+        let parked = || async {
+            loop {
+                if self.settle().await.is_ok() && self.parked_sleepers() > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut f => return Ok(r),
+                _ = parked() => { self.advance_settled(step_ms).await?; }
             }
         }
     }

@@ -220,29 +220,10 @@ impl Node {
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("prefer"));
         let r = if waits {
-            // Time moves only while the request is parked on the clock (and everything
-            // else is settled), so how far it moves does not depend on real time.
-            let parked = || {
-                let clock = self.clock.clone();
-                async move {
-                    loop {
-                        if clock.settle().await.is_ok() && clock.parked_sleepers() > 0 {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            };
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut send => break r,
-                    _ = parked() => {
-                        self.clock.advance_settled(5_000).await.map_err(|e| e.to_string())?;
-                    }
-                }
-            }
+            self.clock
+                .run_parked(send, 5_000)
+                .await
+                .map_err(|e| e.to_string())?
         } else {
             send.await
         };

@@ -393,18 +393,15 @@ impl Daemon {
         let url = format!("{}{}", self.url, path);
         let send = self.client.send(method, &url, key, headers, body);
         // `Prefer: wait` holds the answer until the model is ready: on the manual clock
-        // that takes time moving, a second per step until the answer comes.
+        // that takes time moving, a second per step while the request is parked on it.
         let waits = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("prefer"));
         let r = if waits && self.inproc.is_some() {
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    r = &mut send => break r,
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => self.advance(1).await,
-                }
-            }
+            self.clock()
+                .run_parked(send, 1_000)
+                .await
+                .expect("the daemon settles")
         } else {
             send.await
         }
