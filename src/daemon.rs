@@ -162,12 +162,7 @@ pub struct Daemon {
     clock: Clock,
     store: Store,
     sandbox: Option<sandbox::SandboxHandle>,
-    market: Market,
-    registry: Arc<Registry>,
-    rentals: Rentals,
-    inference: Arc<Inference>,
-    tasks: Tasks,
-    admin_hash: String,
+    parts: Parts,
     notifier: Notifier,
     cadence: Cadence,
     /// Print `spotd listening on ...` to stdout (off for the simulator, whose stdout
@@ -236,12 +231,7 @@ impl Daemon {
                 clock,
                 store,
                 sandbox: sandbox_handle,
-                market: parts.market,
-                registry: parts.registry,
-                rentals: parts.rentals,
-                inference: parts.inference,
-                tasks: parts.tasks,
-                admin_hash: parts.admin_hash,
+                parts,
                 notifier,
                 cadence: CADENCE,
                 announce: true,
@@ -285,7 +275,7 @@ impl Daemon {
 
     /// Where background writes run; [`Daemon::serve`] drains it before the store closes.
     pub fn tasks(&self) -> &Tasks {
-        &self.tasks
+        &self.parts.tasks
     }
 
     pub fn config(&self) -> &Config {
@@ -304,23 +294,26 @@ impl Daemon {
     ) -> impl std::future::Future<Output = Result<(), String>> + Send {
         let workers_stop = CancellationToken::new();
         let sync = workers::offer_sync::run(
-            self.registry.clone(),
-            self.market.clone(),
+            self.parts.registry.clone(),
+            self.parts.market.clone(),
             self.store.clone(),
             self.clock.clone(),
             workers_stop.clone(),
         );
-        let rental_loop =
-            workers::rentals::run(self.rentals.clone(), self.cadence, workers_stop.clone());
-        let reaper_loop = reaper::run(self.inference.clone(), workers_stop.clone());
+        let rental_loop = workers::rentals::run(
+            self.parts.rentals.clone(),
+            self.cadence,
+            workers_stop.clone(),
+        );
+        let reaper_loop = reaper::run(self.parts.inference.clone(), workers_stop.clone());
         let retention_loop =
             workers::retention::run(self.store.clone(), self.clock.clone(), workers_stop.clone());
         // A preempted deployment is redeployed in the background (a weak reference: the
         // rentals must not keep inference alive).
         {
-            let inf = Arc::downgrade(&self.inference);
-            let tasks = self.tasks.clone();
-            self.rentals.on_preempted(move |r| {
+            let inf = Arc::downgrade(&self.parts.inference);
+            let tasks = self.parts.tasks.clone();
+            self.parts.rentals.on_preempted(move |r| {
                 if let Some(inf) = inf.upgrade() {
                     tasks.spawn(async move { inf.redeploy(&r).await });
                 }
@@ -346,9 +339,9 @@ impl Daemon {
         }
         // Charges of streams that ended, activity writes, redeploys: all of them land
         // before the store closes.
-        if !self.tasks.drain(TASKS_DRAIN).await {
+        if !self.parts.tasks.drain(TASKS_DRAIN).await {
             tracing::error!(
-                left = self.tasks.len(),
+                left = self.parts.tasks.len(),
                 "background writes still running when the store closes"
             );
         }
@@ -365,12 +358,12 @@ impl Daemon {
         let app = Arc::new(App::new(
             self.cfg.clone(),
             self.store.clone(),
-            self.market.clone(),
-            self.registry.clone(),
-            self.rentals.clone(),
-            self.inference.clone(),
+            self.parts.market.clone(),
+            self.parts.registry.clone(),
+            self.parts.rentals.clone(),
+            self.parts.inference.clone(),
             self.clock.clone(),
-            self.admin_hash.clone(),
+            self.parts.admin_hash.clone(),
         ));
         std::fs::write(self.cfg.data_dir.join("spotd.addr"), format!("{bound}\n"))
             .map_err(|e| format!("cannot write spotd.addr: {e}"))?;
@@ -404,8 +397,7 @@ impl Daemon {
             h.shutdown().await;
         }
         let store = self.store;
-        drop(self.inference);
-        drop(self.rentals);
+        drop(self.parts);
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
 }
