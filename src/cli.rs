@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ServeFlags};
 
+mod backup;
 mod client;
 mod healthcheck;
 mod logging;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Put a backup in place as DIR's database (refuses a DIR with a database unless
+    /// --force); start spotd on DIR afterwards.
+    Restore(backup::RestoreArgs),
     /// Check a running daemon (GET /readyz); exits non-zero when it is not healthy.
     Healthcheck(healthcheck::HealthcheckArgs),
     /// Run the whole daemon on a manual clock for N simulated days with a seeded
@@ -135,6 +139,9 @@ pub enum AdminCommand {
     /// Add credit to an account: `spotd admin credit ACCOUNT_ID USD` (a negative amount
     /// deducts, down to what the account has available).
     Credit(client::AdminCreditArgs),
+    /// Save a consistent snapshot of the running daemon's database to FILE
+    /// (GET /admin/v1/backup); the daemon keeps serving meanwhile.
+    Backup(backup::BackupArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +197,13 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve(a, &env),
         Command::Simulate(a) => simulate(a),
         Command::SandboxCloud(a) => sandbox_cloud(a, &env),
+        Command::Restore(a) => match backup::restore(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spotd restore: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Config(ConfigCommand::Default { install }) => {
             if install {
                 print!("{}", install_config());
@@ -390,10 +404,12 @@ fn run_client(cmd: Command, env: &[(String, String)]) -> ExitCode {
                 client::account_create(a, env).await
             }
             Command::Admin(AdminCommand::Credit(a)) => client::admin_credit(a, env).await,
+            Command::Admin(AdminCommand::Backup(a)) => backup::backup(a, env).await,
             Command::Healthcheck(a) => healthcheck::run(a, env).await.map(|m| println!("{m}")),
             Command::Serve(_)
             | Command::SandboxCloud(_)
             | Command::Config(_)
+            | Command::Restore(_)
             | Command::Simulate(_) => Ok(()),
         }
     });

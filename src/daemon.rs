@@ -69,8 +69,23 @@ async fn admin_hash(store: &Store, data_dir: &Path, env: &Env) -> Result<String,
         .read(|rx| rx.meta("admin_token_hash"))
         .await
         .map_err(|e: crate::store::StoreError| e.to_string())?;
-    if let (Some(h), true) = (&stored, file.exists()) {
-        return Ok(h.clone());
+    // The file is the operator's: after a restore (the database came from another
+    // data dir, with that dir's token hash) the token on disk here still opens the
+    // admin API.
+    if let Some(token) = std::fs::read_to_string(&file)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        let hash = ids::hash_secret(&token);
+        if stored.as_deref() != Some(hash.as_str()) {
+            let h = hash.clone();
+            store
+                .write(move |tx| tx.put_meta("admin_token_hash", &h))
+                .await
+                .map_err(|e: crate::store::StoreError| e.to_string())?;
+        }
+        return Ok(hash);
     }
     if stored.is_some() {
         tracing::warn!(path = %file.display(), "admin.token was missing: a new admin token was generated");

@@ -121,7 +121,30 @@ impl HttpClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Upstream, HttpError> {
-        let req = build_request(Method::POST, url, bearer, &[], Some(body))?;
+        self.streaming(Method::POST, url, bearer, Some(body), timeout)
+            .await
+    }
+
+    /// A GET whose body streams (a backup download); see [`HttpClient::post_streaming`].
+    pub(crate) async fn get_streaming(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Upstream, HttpError> {
+        self.streaming(Method::GET, url, bearer, None, timeout)
+            .await
+    }
+
+    async fn streaming(
+        &self,
+        method: Method,
+        url: &str,
+        bearer: Option<&str>,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Upstream, HttpError> {
+        let req = build_request(method, url, bearer, &[], body)?;
         match tokio::time::timeout(timeout, self.inner.request(req)).await {
             Ok(Ok(r)) => {
                 let content_type = r

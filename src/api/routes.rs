@@ -255,6 +255,13 @@ pub static ROUTES: &[Route] = &[
         h!(admin::revoke_key),
     ),
     get(
+        "/admin/v1/backup",
+        Admin,
+        "A consistent snapshot of the database (a redb file), streamed while serving",
+        h!(admin::backup),
+    )
+    .without_body(),
+    get(
         "/admin/v1/providers",
         Admin,
         "Provider status: offers, last refresh, last error",

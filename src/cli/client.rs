@@ -284,10 +284,10 @@ pub enum Auth {
 }
 
 pub struct Client {
-    http: HttpClient,
-    base: String,
-    token: String,
-    auth: Auth,
+    pub(super) http: HttpClient,
+    pub(super) base: String,
+    pub(super) token: String,
+    pub(super) auth: Auth,
     json: bool,
 }
 

@@ -38,6 +38,9 @@ pub enum StoreError {
     /// The writer has stopped (`Store::close`).
     #[error("the store is closed")]
     Closed,
+    /// A backup could not be written or a file to restore is not a spotd database.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl From<redb::Error> for StoreError {
@@ -59,5 +62,6 @@ db_err!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );

@@ -10,6 +10,7 @@
 //! blocking pool ([`Store::read`]), never on executor threads; the same queries work
 //! inside a write ([`Tx`], `reads`, `writes`).
 
+mod backup;
 pub(crate) mod codec;
 mod error;
 #[cfg(test)]
@@ -33,6 +34,7 @@ use crate::model::Rental;
 use tables::*;
 use writer::{writer_loop, Completion, Job, Op};
 
+pub use backup::{file_schema_version, BackupStats};
 pub use error::StoreError;
 pub use reads::Rx;
 pub(crate) use writes::SweepCursor;
@@ -45,6 +47,8 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The database file (backups are written beside it).
+    path: Arc<std::path::PathBuf>,
     jobs: mpsc::Sender<Job>,
     /// Group commits made so far (one fsync each).
     commits: Arc<std::sync::atomic::AtomicU64>,
@@ -124,8 +128,10 @@ impl Store {
             .name("spotd-store-writer".into())
             .spawn(move || writer_loop(wdb, rx, &wcommits))
             .map_err(|e| StoreError::WriterThread(Arc::new(e)))?;
+        backup::remove_stale(path);
         Ok(Store {
             db,
+            path: Arc::new(path.to_path_buf()),
             jobs: tx,
             commits,
         })
@@ -178,6 +184,33 @@ impl Store {
         {
             Ok(r) => r,
             Err(e) => Err(E::from(StoreError::ReadTask(Arc::new(e)))),
+        }
+    }
+
+    /// Writes a consistent snapshot of the whole database to a new file beside it,
+    /// from one read transaction (the daemon keeps serving meanwhile), and answers it
+    /// open for reading and already unlinked: nothing is left on disk once the caller
+    /// drops it, and a crash midway leaves a `*.backup-*.tmp` file that the next open
+    /// removes.
+    pub async fn backup(&self) -> Result<(std::fs::File, BackupStats), StoreError> {
+        let db = self.db.clone();
+        let dest = backup::temp_path(&self.path);
+        let r = tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let stats = backup::snapshot_to(&txn, &dest);
+            drop(txn);
+            let opened = stats.and_then(|s| {
+                std::fs::File::open(&dest)
+                    .map(|f| (f, s))
+                    .map_err(|e| StoreError::Backup(format!("reopening {}: {e}", dest.display())))
+            });
+            let _ = std::fs::remove_file(&dest);
+            opened
+        })
+        .await;
+        match r {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::ReadTask(Arc::new(e))),
         }
     }
 

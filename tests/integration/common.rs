@@ -52,7 +52,7 @@ pub struct Daemon {
     pub admin: String,
     /// Empty when the daemon runs without `--sandbox` (no demo account then).
     pub demo_key: String,
-    client: HttpClient,
+    pub client: HttpClient,
     /// How `restart` spawns it again: sandbox flag and extra child environment.
     sandbox: bool,
     env: Vec<(String, String)>,

@@ -13,6 +13,7 @@ mod common;
 mod providers_mock;
 
 mod auth_limits;
+mod backup;
 mod cli;
 mod in_process;
 mod inference;

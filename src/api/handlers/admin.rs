@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
@@ -138,4 +139,41 @@ pub async fn teardown(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
         .teardown(None, ctx.param("id")?, TerminationReason::Admin)
         .await?;
     Ok((StatusCode::OK, views::rental(&r)))
+}
+
+/// `GET /admin/v1/backup`: a consistent snapshot of the database as a redb file,
+/// streamed from an unlinked temporary copy (SPEC section 10).
+pub async fn backup(app: &Arc<App>, _ctx: &Ctx) -> Result<hyper::Response<super::super::Body>> {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
+    let (file, stats) = app.store.backup().await?;
+    tracing::info!(
+        tables = stats.tables,
+        entries = stats.entries,
+        bytes = stats.bytes,
+        "backup snapshot written"
+    );
+    let frames =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024)
+            .map(|chunk| {
+                chunk
+                    .map(hyper::body::Frame::data)
+                    .map_err(|e| -> super::super::BoxError { e.into() })
+            });
+    let mut r = hyper::Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    let stamp = crate::clock::rfc3339(app.clock.now()).replace(':', "");
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(CONTENT_LENGTH, HeaderValue::from(stats.bytes));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"spotd-{stamp}.redb\"")) {
+        h.insert(CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        "x-spotd-schema-version",
+        HeaderValue::from(crate::store::tables::SCHEMA_VERSION),
+    );
+    Ok(r)
 }
