@@ -85,6 +85,9 @@ pub struct Billing {
     /// A hosted request that gives no `max_tokens` reserves this many output tokens'
     /// worth of credit before it is sent (settled to its real usage after).
     pub hosted_reserve_output_tokens: u64,
+    /// Each hosted request's own charge entry is kept this many days; older ones are
+    /// folded into one charge per account, model and UTC day (SPEC section 10).
+    pub request_detail_days: u64,
 }
 
 impl Default for Billing {
@@ -93,6 +96,7 @@ impl Default for Billing {
             min_session_seconds: 600,
             metering_interval_seconds: 10,
             hosted_reserve_output_tokens: 4096,
+            request_detail_days: 31,
         }
     }
 }

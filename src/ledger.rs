@@ -15,6 +15,8 @@ use crate::model::{Account, LedgerEntry, LedgerKind, Rental};
 use crate::money::{prorate, Usd};
 use crate::store::Tx;
 
+pub(crate) mod fold;
+
 /// What a ledger entry points at.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Refs<'a> {

@@ -361,6 +361,10 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
         "billing.min_session_seconds: must be >= 1".into(),
     );
     check(
+        cfg.billing.request_detail_days >= 1,
+        "billing.request_detail_days: must be >= 1".into(),
+    );
+    check(
         cfg.deployments.idle_timeout_seconds >= 1,
         "deployments.idle_timeout_seconds: must be >= 1".into(),
     );

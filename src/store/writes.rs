@@ -163,6 +163,21 @@ impl Tx<'_> {
         }
         Ok(())
     }
+    /// Removes one ledger entry, keeping the totals in step (the retention fold, which
+    /// writes the entry that replaces it in the same transaction).
+    pub(crate) fn remove_ledger(&self, account: &str, seq: u64) -> Result<(), StoreError> {
+        self.mark();
+        let old = self
+            .txn
+            .open_table(LEDGER)?
+            .remove((account, seq))?
+            .map(|v| codec::decode::<LedgerEntry>(v.value()))
+            .transpose()?;
+        if let Some((k, d)) = old.as_ref().and_then(ledger_total) {
+            bump(&mut self.txn.open_table(TOTALS)?, k, -d)?;
+        }
+        Ok(())
+    }
     pub(crate) fn put_idempotency(
         &self,
         scope: &str,

@@ -1,19 +1,73 @@
-//! Retention: what only matters for 24 h is swept once an hour: idempotency records
-//! (a key used again after its window is a new operation anyway) and the markers of
-//! idempotent credits. Each round is one pass over each table in batches of 1,000 rows,
-//! one commit each.
+//! Retention, once an hour: what only matters for 24 h is swept (idempotency records,
+//! since a key used again after its window is a new operation anyway, and the markers
+//! of idempotent credits), in one pass over each table in batches of 1,000 rows, one
+//! commit each; and hosted request charges older than `billing.request_detail_days`
+//! are folded into one charge per account, model and UTC day (`ledger::fold`).
 
 use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Signal};
+use crate::error::Error;
+use crate::ledger::fold::{self, FoldStep};
 use crate::store::{Store, StoreError, SweepCursor};
 
 /// Idempotency records and credit markers live this long.
 pub(crate) const KEEP_MS: i64 = 24 * 3600 * 1000;
 const EVERY_MS: i64 = 3600 * 1000;
 const BATCH: usize = 1000;
+/// Ledger entries examined per fold transaction (whole days: see `fold_requests`).
+const FOLD_BATCH: usize = 5000;
+
+/// What one round folded, summed over accounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Folded {
+    pub removed: usize,
+    pub folded: usize,
+}
+
+/// Folds every account's request charges from the UTC days that ended more than
+/// `detail_days` ago. One read finds the accounts with something old past their fold
+/// marker; only those get write transactions.
+pub(crate) async fn fold_once(
+    store: &Store,
+    clock: &Clock,
+    detail_days: u64,
+) -> Result<Folded, Error> {
+    let before = fold::day_start(clock.now() - detail_days as i64 * fold::DAY_MS);
+    let due: Vec<String> = store
+        .read(move |rx| {
+            let mut due = Vec::new();
+            for a in rx.accounts()? {
+                let after: u64 = rx.meta(&format!("fold:{}", a.id))?.unwrap_or(0);
+                if rx
+                    .ledger_after(&a.id, after, 1)?
+                    .first()
+                    .is_some_and(|e| e.at < before)
+                {
+                    due.push(a.id);
+                }
+            }
+            Ok::<_, StoreError>(due)
+        })
+        .await?;
+    let mut out = Folded::default();
+    for account in due {
+        loop {
+            let a = account.clone();
+            let step: FoldStep = store
+                .write(move |tx| fold::fold_requests(tx, &a, before, FOLD_BATCH))
+                .await?;
+            out.removed += step.removed;
+            out.folded += step.folded;
+            if step.done || step.examined == 0 {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// One sweep: answers how many (idempotency records, credit markers) it removed.
 pub(crate) async fn sweep_once(store: &Store, clock: &Clock) -> Result<(usize, usize), StoreError> {
@@ -37,6 +91,7 @@ pub(crate) async fn sweep_once(store: &Store, clock: &Clock) -> Result<(usize, u
 pub(crate) fn run(
     store: Store,
     clock: Clock,
+    request_detail_days: u64,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     let mut ticker = clock.ticker(Signal::new("retention"));
@@ -48,6 +103,15 @@ pub(crate) fn run(
                     tracing::info!(idem, markers, "swept expired idempotency records")
                 }
                 Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+            match fold_once(&store, &clock, request_detail_days).await {
+                Ok(f) if f.folded > 0 => tracing::info!(
+                    folded = f.folded,
+                    removed = f.removed,
+                    "folded old per-request charges"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "folding request charges failed"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -165,5 +229,153 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left, 9);
+    }
+
+    /// `n` request charges of `model` at `at`, each `amount` micro-USD and (2, 3) tokens.
+    async fn requests(store: &Store, account: &str, model: &str, at: i64, n: u64, amount: i64) {
+        let (account, model) = (account.to_string(), model.to_string());
+        store
+            .write(move |tx| {
+                let mut a = tx.account(&account)?.unwrap();
+                for i in 0..n {
+                    crate::ledger::charge_request(
+                        tx,
+                        &mut a,
+                        Usd(amount),
+                        &format!("req_{at}_{i}"),
+                        format!("{model}: 2 input + 3 output tokens"),
+                        at + i as i64,
+                    )?;
+                }
+                tx.put_account(&a)?;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn all_entries(store: &Store, account: &str) -> Vec<crate::model::LedgerEntry> {
+        let account = account.to_string();
+        store
+            .read(move |rx| rx.ledger_after(&account, 0, usize::MAX))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_request_charges_fold_to_one_per_model_and_day_exactly() {
+        use crate::model::LedgerKind;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let day = fold::DAY_MS;
+        // Midnight UTC plus 1 h, so every day's requests are inside that day.
+        let t0 = fold::day_start(1_800_000_000_000) + 3600 * 1000;
+        let clock = Clock::manual(t0);
+        let (a, _) = crate::accounts::create_account(&store, &clock, "t", Usd(10_000_000))
+            .await
+            .unwrap();
+        for d in 0..40 {
+            requests(&store, &a.id, "model-a", t0 + d * day, 3, 7).await;
+            requests(&store, &a.id, "model-b", t0 + d * day + 60_000, 2, 11).await;
+        }
+        // A lone request of a day stays as it is (it is one entry already).
+        requests(&store, &a.id, "model-c", t0 + 60_000 * 2, 1, 5).await;
+        let before = all_entries(&store, &a.id).await;
+        let totals_before = store.read(|rx| rx.totals()).await.unwrap();
+        clock.advance(40 * day);
+        // Days 0..8 ended more than 31 days before day 40's 01:00.
+        let f = fold_once(&store, &clock, 31).await.unwrap();
+        assert_eq!(f.folded, 9 * 2, "{f:?}");
+        assert_eq!(f.removed, 9 * (2 + 1), "{f:?}");
+        let after = all_entries(&store, &a.id).await;
+        assert_eq!(after.len(), before.len() - f.removed);
+        let sum = |es: &[crate::model::LedgerEntry]| -> Usd {
+            es.iter()
+                .filter(|e| matches!(e.kind, LedgerKind::Credit | LedgerKind::Charge))
+                .map(|e| e.amount)
+                .sum()
+        };
+        let acct = crate::accounts::get_account(&store, &a.id).await.unwrap();
+        assert_eq!(sum(&before), acct.balance);
+        assert_eq!(
+            sum(&after),
+            acct.balance,
+            "balance == sum(ledger) across the fold"
+        );
+        assert_eq!(store.read(|rx| rx.totals()).await.unwrap(), totals_before);
+        let folded: Vec<_> = after
+            .iter()
+            .filter(|e| e.request_id.is_none() && e.kind == LedgerKind::Charge)
+            .collect();
+        assert_eq!(folded.len(), 18);
+        for e in &folded {
+            let note = e.note.as_deref().unwrap();
+            if note.starts_with("model-a") {
+                assert_eq!(e.amount, Usd(-21));
+                assert!(
+                    note.contains("3 requests, 6 input + 9 output tokens"),
+                    "{note}"
+                );
+            } else {
+                assert_eq!(e.amount, Usd(-22));
+                assert!(
+                    note.contains("2 requests, 4 input + 6 output tokens"),
+                    "{note}"
+                );
+            }
+        }
+        // Entries younger than the cutoff keep their own request ids.
+        let young = after
+            .iter()
+            .filter(|e| e.at >= t0 + 9 * day && e.kind == LedgerKind::Charge);
+        assert!(young.clone().count() == 31 * 5 && young.clone().all(|e| e.request_id.is_some()));
+        assert!(after.iter().any(
+            |e| e.note.as_deref().is_some_and(|n| n.starts_with("model-c"))
+                && e.request_id.is_some()
+        ));
+        // A second pass finds nothing more; a day later one more day folds.
+        assert_eq!(
+            fold_once(&store, &clock, 31).await.unwrap(),
+            Folded::default()
+        );
+        clock.advance(day);
+        assert_eq!(fold_once(&store, &clock, 31).await.unwrap().folded, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fold_with_a_small_batch_never_splits_a_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let day = fold::DAY_MS;
+        let t0 = fold::day_start(1_800_000_000_000) + 3600 * 1000;
+        let clock = Clock::manual(t0);
+        let (a, _) = crate::accounts::create_account(&store, &clock, "t", Usd(10_000_000))
+            .await
+            .unwrap();
+        for d in 0..5 {
+            requests(&store, &a.id, "m", t0 + d * day, 4, 1).await;
+        }
+        let mut calls = 0;
+        loop {
+            let id = a.id.clone();
+            let before = fold::day_start(t0 + 5 * day);
+            let step = store
+                .write(move |tx| fold::fold_requests(tx, &id, before, 2))
+                .await
+                .unwrap();
+            calls += 1;
+            if step.done {
+                break;
+            }
+            assert_eq!(step.folded, 1, "one whole day per call: {step:?}");
+        }
+        assert!(calls >= 5);
+        let charges: Vec<_> = all_entries(&store, &a.id)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == crate::model::LedgerKind::Charge)
+            .collect();
+        assert_eq!(charges.len(), 5, "one entry per day");
+        assert!(charges.iter().all(|e| e.amount == Usd(-4)));
     }
 }
