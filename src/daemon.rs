@@ -321,8 +321,12 @@ impl Daemon {
             workers_stop.clone(),
         );
         let reaper_loop = reaper::run(self.parts.inference.clone(), workers_stop.clone());
-        let retention_loop =
-            workers::retention::run(self.store.clone(), self.clock.clone(), workers_stop.clone());
+        let retention_loop = workers::retention::run(
+            self.store.clone(),
+            self.clock.clone(),
+            self.cfg.history.retention_days,
+            workers_stop.clone(),
+        );
         // A preempted deployment is redeployed in the background (a weak reference: the
         // rentals must not keep inference alive).
         {

@@ -346,3 +346,22 @@ impl Instances {
             .unwrap_or(0)
     }
 }
+
+/// Every built-in cloud's catalogue as the market shows it (normalized offers), for
+/// tests that need the real sandbox market without serving it.
+#[cfg(test)]
+pub(crate) fn catalogues_for_tests() -> Vec<(String, Vec<crate::model::Offer>)> {
+    catalog::load()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let name = c.name.clone();
+            let offers = c
+                .offers
+                .into_iter()
+                .map(|o| crate::market::offer_from_provider(&name, o, 0))
+                .collect();
+            (name, offers)
+        })
+        .collect()
+}

@@ -22,6 +22,7 @@ mod lifecycle;
 mod money_api;
 mod offers_api;
 mod openai_sdk;
+mod prices;
 mod providers_create_5xx;
 mod providers_daemon;
 mod providers_lambda;
