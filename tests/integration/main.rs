@@ -30,5 +30,6 @@ mod providers_runpod;
 mod providers_vastai;
 mod rentals_api;
 mod restart;
+mod sandbox_ssh;
 mod shipping;
 mod simulate;
