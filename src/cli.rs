@@ -18,6 +18,7 @@ mod backup;
 mod client;
 mod healthcheck;
 mod logging;
+mod prices;
 mod table;
 
 pub use client::{admin_token, api_key, base_url, data_dir, offers_query, query};
@@ -54,6 +55,8 @@ pub enum Command {
     SandboxCloud(SandboxCloudArgs),
     /// List GPU offers.
     Offers(client::OffersArgs),
+    /// Price history of a GPU model: a table and a sparkline per series.
+    Prices(prices::PricesArgs),
     /// Rent a GPU: an offer by id, or the cheapest match for --gpu.
     Rent(client::RentArgs),
     /// List your rentals.
@@ -396,6 +399,7 @@ fn run_client(cmd: Command, env: &[(String, String)]) -> ExitCode {
     let result = rt.block_on(async {
         match cmd {
             Command::Offers(a) => client::offers(a, env).await,
+            Command::Prices(a) => prices::run(a, env).await,
             Command::Rent(a) => client::rent(a, env).await,
             Command::Rentals(a) => client::rentals(a, env).await,
             Command::Stop(a) => client::stop(a, env).await,

@@ -26,6 +26,7 @@ pub struct Config {
     pub billing: Billing,
     pub deployments: Deployments,
     pub sandbox: Sandbox,
+    pub history: History,
     pub providers: Vec<ProviderConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub models: Vec<ModelConfig>,
@@ -43,6 +44,7 @@ impl Default for Config {
             billing: Billing::default(),
             deployments: Deployments::default(),
             sandbox: Sandbox::default(),
+            history: History::default(),
             providers: Vec::new(),
             upstreams: Vec::new(),
             models: Vec::new(),
@@ -147,6 +149,20 @@ impl Default for Sandbox {
             seed: 42,
             refresh_seconds: 30,
         }
+    }
+}
+
+/// Price history (SPEC section 7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct History {
+    /// Hourly rows are kept this many days, then swept (hourly).
+    pub retention_days: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History { retention_days: 90 }
     }
 }
 

@@ -325,6 +325,7 @@ impl Daemon {
             self.store.clone(),
             self.clock.clone(),
             self.cfg.billing.request_detail_days,
+            self.cfg.history.retention_days,
             workers_stop.clone(),
         );
         // A preempted deployment is redeployed in the background (a weak reference: the

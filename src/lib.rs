@@ -34,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub(crate) mod history;
 pub mod http_client;
 pub(crate) mod http_server;
 pub(crate) mod ids;

@@ -308,3 +308,23 @@ pub struct IdempotencyRecord {
     pub response: String,
     pub created_at: Millis,
 }
+
+/// One hour of one provider's prices for one GPU model and interruptible flag (SPEC
+/// section 7), keyed in `store::tables::PRICE_HISTORY` by (gpu, hour start, provider,
+/// interruptible). Prices are per GPU-hour. Successive refreshes within the hour merge
+/// (`history::merge`): min of mins, max of maxes, the latest refresh's median, offers
+/// and available machines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceRollup {
+    pub min: Usd,
+    pub median: Usd,
+    pub max: Usd,
+    /// Offers in the latest refresh of the hour.
+    pub offers: u32,
+    /// Machines available over those offers, in the latest refresh.
+    pub available: u32,
+    /// Refreshes merged into this row.
+    pub refreshes: u32,
+    /// When the latest refresh was recorded.
+    pub updated_at: Millis,
+}

@@ -184,6 +184,22 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
                 json!({"200": ok("A page of offers", list_of("Offer"))}),
             )
         }
+        ("GET", "/v1/gpus/prices") => {
+            params.extend([
+                query("gpu", "string", "GPU model, case-insensitive (\"h100\" matches every H100 model)"),
+                query("provider", "string", "One provider's rows; without it, one row per interval over every provider (provider null)"),
+                query("interruptible", "boolean", "Spot (true) or on-demand (false) rows only"),
+                json!({"name": "interval", "in": "query", "required": false, "schema": {"enum": ["1h", "1d"], "default": "1h"}}),
+                query("since", "string", "RFC 3339, or a time ago: 90m, 24h, 7d (default: 24h before until for 1h, 30d for 1d)"),
+                query("until", "string", "RFC 3339, or a time ago (default: now); rows start before it"),
+                json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}),
+                query("cursor", "string", "next_cursor of the previous page"),
+            ]);
+            (
+                None,
+                json!({"200": ok("Price history rows, oldest first", list_of("PriceRow"))}),
+            )
+        }
         ("GET", "/v1/gpus/offers/{id}") => (None, json!({"200": ok("The offer", schema("Offer"))})),
         ("POST", "/v1/gpus/rentals") => (
             Some(schema("RentRequest")),
@@ -298,6 +314,10 @@ fn components() -> Value {
                 "price_per_gpu_hour": usd, "on_demand_price_per_hour": {"type": ["number", "null"]},
                 "interruptible": {"type": "boolean"}, "reliability": {"type": "number", "minimum": 0, "maximum": 1},
                 "available": {"type": "integer"}, "updated_at": time}},
+            "PriceRow": {"type": "object", "properties": {
+                "gpu": {"type": "string"}, "provider": {"type": ["string", "null"]}, "interruptible": {"type": "boolean"},
+                "start": time, "min_price_per_gpu_hour": usd, "median_price_per_gpu_hour": usd,
+                "max_price_per_gpu_hour": usd, "offers": {"type": "integer"}, "available": {"type": "integer"}}},
             "RentalState": {"enum": ["provisioning", "running", "terminating", "terminated", "failed", "interrupted"]},
             "Rental": {"type": "object", "properties": {
                 "id": {"type": "string"}, "object": {"const": "gpu_rental"}, "state": schema("RentalState"),

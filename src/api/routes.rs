@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use hyper::Response;
 
-use super::handlers::{admin, credits, gpus, openai, service};
+use super::handlers::{admin, credits, gpus, openai, prices, service};
 use super::router::{Ctx, IntoResponse};
 use super::{App, Body};
 use crate::error::Result;
@@ -144,6 +144,12 @@ pub static ROUTES: &[Route] = &[
         User,
         "One GPU offer",
         h!(gpus::get_offer),
+    ),
+    get(
+        "/v1/gpus/prices",
+        User,
+        "Price history per GPU model: hourly or daily min, median and max per GPU-hour",
+        h!(prices::list_prices),
     ),
     post(
         "/v1/gpus/rentals",

@@ -117,3 +117,18 @@ pub fn api_key(k: &ApiKey, secret: Option<&str>) -> Value {
 pub fn list(data: Vec<Value>, next_cursor: Option<String>) -> Value {
     json!({"object": "list", "data": data, "next_cursor": next_cursor})
 }
+
+/// A row of price history: prices per GPU-hour, exact like the offers' own.
+pub(crate) fn price_row(r: &crate::history::PriceRow) -> Value {
+    json!({
+        "gpu": r.gpu,
+        "provider": r.provider,
+        "interruptible": r.interruptible,
+        "start": rfc3339(r.start),
+        "min_price_per_gpu_hour": r.min.to_json(),
+        "median_price_per_gpu_hour": r.median.to_json(),
+        "max_price_per_gpu_hour": r.max.to_json(),
+        "offers": r.offers,
+        "available": r.available,
+    })
+}

@@ -288,7 +288,7 @@ pub struct Client {
     pub(super) base: String,
     pub(super) token: String,
     pub(super) auth: Auth,
-    json: bool,
+    pub(super) json: bool,
 }
 
 impl Client {

@@ -376,6 +376,13 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
         cfg.deployments.upstream_timeout_seconds >= 1,
         "deployments.upstream_timeout_seconds: must be >= 1".into(),
     );
+    check(
+        (1..=3650).contains(&cfg.history.retention_days),
+        format!(
+            "history.retention_days: {} is not from 1 to 3650",
+            cfg.history.retention_days
+        ),
+    );
     let s = &cfg.sandbox;
     check(
         (0.0..1.0).contains(&s.price_drift),

@@ -29,6 +29,7 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 fn defaults_when_nothing_is_given() {
     let (cfg, warnings) = load(&ServeFlags::default(), &[]).unwrap();
     assert_eq!(cfg, Config::default());
+    assert_eq!(cfg.history.retention_days, 90);
     assert!(warnings.is_empty(), "{warnings:?}");
     assert!(cfg.sandbox_mode());
 }
@@ -82,6 +83,7 @@ fn every_section_scalar_is_settable_from_env() {
         ("SPOTD_SANDBOX_PROVISION_SECONDS", "1"),
         ("SPOTD_SANDBOX_PRICE_DRIFT", "0.5"),
         ("SPOTD_DEPLOYMENTS_IDLE_TIMEOUT_SECONDS", "60"),
+        ("SPOTD_HISTORY_RETENTION_DAYS", "7"),
         ("SPOTD_SANDBOX", "1"),
     ]);
     let (cfg, w) = load(&ServeFlags::default(), &e).unwrap();
@@ -91,6 +93,7 @@ fn every_section_scalar_is_settable_from_env() {
     assert_eq!(cfg.sandbox.provision_seconds, 1);
     assert_eq!(cfg.sandbox.price_drift, 0.5);
     assert_eq!(cfg.deployments.idle_timeout_seconds, 60);
+    assert_eq!(cfg.history.retention_days, 7);
     assert!(cfg.force_sandbox);
 }
 
@@ -232,6 +235,8 @@ fn validation_names_each_bad_key() {
         ),
         ("[billing]\nmin_session_seconds = 0", "billing.min_session_seconds:"),
         ("[sandbox]\nprice_drift = 1.0", "sandbox.price_drift:"),
+        ("[history]\nretention_days = 0", "history.retention_days:"),
+        ("[history]\nretention_days = 4000", "history.retention_days:"),
         ("[sandbox]\nprice_drift = -0.1", "sandbox.price_drift:"),
         ("[sandbox]\npreemptions_per_hour = -1", "sandbox.preemptions_per_hour:"),
         ("[sandbox]\npreemptions_per_hour = inf", "sandbox.preemptions_per_hour:"),

@@ -5,8 +5,13 @@
 //! twice: on demand at `dph_total` (USD/h, whole machine) and, when the ask has a
 //! `min_bid`, as an interruptible bid at that price, with the bid price kept in the
 //! native offer id (`{ask}-bid-{micros}`) so a rent bids exactly what spotd quoted.
-//! Rent is `PUT /asks/{ask}/` with our rental id as `label`; the answer's `new_contract`
-//! is the instance id. The SSH key is registered on the account (`POST /ssh/`), which
+//! Rent is `PUT /asks/{ask}/` with our rental id as `label` and, for a bid, the bid as
+//! `price` (USD/h, whole machine, as vast-cli's `create instance --bid_price` sends it);
+//! the answer's `new_contract` is the instance id. Vast rents on demand at the full
+//! price when a bid offer is created without `price`, and its answer does not say which
+//! it made, so spotd reads the new instance back (`is_bid`, `dph_base`) and, when it is
+//! not what was asked (on demand for a bid, a bid for on demand, a price above the bid,
+//! or a bid it cannot confirm), destroys it and refuses the create with the reason. The SSH key is registered on the account (`POST /ssh/`), which
 //! Vast applies to the account's instances. An outbid instance goes `stopped` and keeps
 //! billing storage: it is reported `Interrupted`, so spotd ends the rental and destroys it.
 //! A cold model's instance runs its image with vLLM's arguments (`runtype: "args"`) and
@@ -206,6 +211,55 @@ fn instance_of(i: &Value) -> Option<Instance> {
     })
 }
 
+impl VastProvider {
+    /// Instance `id` as Vast lists it (the raw object: `instance_of` keeps no type or
+    /// price). The account listing, not `GET /instances/{id}/`, whose answer for an id
+    /// not yet visible is ambiguous (`{"instances": null}`).
+    async fn raw_instance(&self, id: &str) -> Result<Option<Value>, ProviderError> {
+        let r = self
+            .api
+            .req(Method::GET, "/instances/?owner=me", None)
+            .await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error(&r, |_| false));
+        }
+        let v: Value = parse(&r)?;
+        Ok(v["instances"].as_array().and_then(|l| {
+            l.iter()
+                .find(|i| rest::str_of(&i["id"]).as_deref() == Some(id))
+                .cloned()
+        }))
+    }
+}
+
+/// Why instance `i` is not what a create with `bid` (or on demand, `None`) asked for.
+fn rented_otherwise(i: &Value, bid: Option<Usd>) -> Option<String> {
+    let is_bid = i["is_bid"].as_bool();
+    let price = rest::usd_per_hour(&i["dph_base"]).or_else(|| rest::usd_per_hour(&i["dph_total"]));
+    let shown = price
+        .map(|p| format!("${p}/h"))
+        .unwrap_or_else(|| "an unknown price".into());
+    match (bid, is_bid) {
+        (Some(b), Some(true)) => match price {
+            Some(p) if p > b => Some(format!(
+                "an interruptible instance at {shown}, above the bid of ${b}/h"
+            )),
+            Some(_) => None,
+            None => Some(format!("an interruptible instance without a price (bid ${b}/h)")),
+        },
+        (Some(b), Some(false)) => Some(format!(
+            "Vast rented it on demand at {shown} although spotd bid ${b}/h for an interruptible instance"
+        )),
+        (Some(b), None) => Some(format!(
+            "Vast does not say whether it is interruptible (bid ${b}/h)"
+        )),
+        (None, Some(true)) => Some(format!(
+            "Vast rented an interruptible (bid) instance at {shown} for an on-demand offer"
+        )),
+        (None, _) => None,
+    }
+}
+
 #[async_trait]
 impl Provider for VastProvider {
     fn name(&self) -> &str {
@@ -274,8 +328,28 @@ impl Provider for VastProvider {
         let v: Value = parse(&r)?;
         let id = v["new_contract"]
             .as_u64()
-            .ok_or_else(|| ProviderError::Unavailable(rest::excerpt(&r)))?;
-        Ok(Instance::just_created(id.to_string(), req))
+            .ok_or_else(|| ProviderError::Unavailable(rest::excerpt(&r)))?
+            .to_string();
+        let listed = self.raw_instance(&id).await;
+        let wrong = match (&listed, bid) {
+            (Ok(Some(i)), _) => rented_otherwise(i, bid),
+            // An on-demand create that cannot be read back is still on demand.
+            (_, None) => None,
+            (Ok(None), Some(_)) => Some("Vast does not list the new instance".to_string()),
+            (Err(e), Some(_)) => Some(format!("reading the new instance back failed: {e}")),
+        };
+        if let Some(why) = wrong {
+            let destroyed = match self.terminate(&id).await {
+                Ok(_) => "it was destroyed".to_string(),
+                // The orphan sweep destroys it later: its label is a failed rental's.
+                Err(e) => format!("destroying it failed ({e}); the orphan sweep will retry"),
+            };
+            tracing::warn!(provider = %self.api.name, instance = %id, reason = %why, "Vast rented another kind of instance than asked");
+            return Err(ProviderError::Rejected(format!(
+                "Vast instance {id} is not what was rented: {why}; {destroyed}"
+            )));
+        }
+        Ok(Instance::just_created(id, req))
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>, ProviderError> {
@@ -361,6 +435,26 @@ mod tests {
         let plain = instance_of(&json!({"id": 1, "actual_status": "running",
             "public_ipaddr": "203.0.113.7", "ports": {"22/tcp": [{"HostPort": "20000"}]}}));
         assert_eq!(plain.unwrap().endpoint, None);
+    }
+
+    #[test]
+    fn a_new_instance_must_be_the_kind_and_price_asked() {
+        let bid = Some(Usd::from_micros(120_000));
+        let i = |is_bid: Value, dph_base: Value| json!({"id": 1, "is_bid": is_bid, "dph_base": dph_base, "dph_total": 0.2444});
+        assert_eq!(rented_otherwise(&i(json!(true), json!(0.12)), bid), None);
+        assert_eq!(rented_otherwise(&i(json!(true), json!(0.1)), bid), None);
+        let on_demand = rented_otherwise(&i(json!(false), json!(0.24)), bid).unwrap();
+        assert!(
+            on_demand.contains("on demand at $0.24/h") && on_demand.contains("bid $0.12/h"),
+            "{on_demand}"
+        );
+        let dear = rented_otherwise(&i(json!(true), json!(0.13)), bid).unwrap();
+        assert!(dear.contains("above the bid"), "{dear}");
+        assert!(rented_otherwise(&json!({"id": 1}), bid).is_some());
+        assert_eq!(rented_otherwise(&i(json!(false), json!(0.24)), None), None);
+        assert!(rented_otherwise(&i(json!(true), json!(0.12)), None)
+            .unwrap()
+            .contains("on-demand offer"));
     }
 
     #[test]

@@ -61,6 +61,7 @@ mod llm;
 mod model_tests;
 mod server;
 mod sim;
+mod ssh;
 mod store;
 mod stream;
 #[cfg(test)]
@@ -157,7 +158,9 @@ pub async fn start(
     for rec in loaded.instances {
         instances.insert(rec);
     }
+    let stop = CancellationToken::new();
     let state = Arc::new(State {
+        ssh: ssh::SshPorts::new(stop.child_token()),
         clock,
         drift_ppm: catalog::drift_ppm(cfg.price_drift),
         cfg,
@@ -179,7 +182,25 @@ pub async fn start(
         stream_delay: stream_delay_from_env(),
         live_streams: Arc::new(AtomicUsize::new(0)),
     });
-    let stop = CancellationToken::new();
+    // Plain instances still alive from before a restart answer SSH again (on new ports:
+    // spotd's sync picks up the address the cloud now reports).
+    {
+        let now = state.clock.now();
+        let live: Vec<(String, String)> = {
+            let inst = state.instances.lock().await;
+            inst.clouds
+                .values()
+                .flat_map(|c| c.by_id.values())
+                .filter(|r| r.model.is_none() && r.holds_capacity(now))
+                .map(|r| (r.cloud.clone(), r.id.clone()))
+                .collect()
+        };
+        for (cloud, id) in live {
+            if let Err(e) = state.ssh.open(Arc::downgrade(&state), &cloud, &id).await {
+                tracing::warn!(%cloud, %id, "{e}");
+            }
+        }
+    }
     let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
     Ok(SandboxHandle {
         addr,
@@ -253,6 +274,8 @@ pub(crate) struct State {
     /// Pacing between streamed events (per request: `x-sandbox-chunk-delay-ms`).
     stream_delay: Duration,
     live_streams: Arc<AtomicUsize>,
+    /// The loopback SSH listeners of plain instances.
+    ssh: ssh::SshPorts,
 }
 
 impl State {
@@ -262,6 +285,15 @@ impl State {
 
     fn cloud_base(&self, cloud: &str) -> String {
         format!("http://{}/{cloud}", self.addr)
+    }
+
+    /// The wire view of `r` at `now`, with its SSH port when it has one.
+    fn view(&self, r: &InstanceRecord, now: Millis) -> crate::providers::protocol::Instance {
+        r.to_instance(
+            now,
+            &self.cloud_base(&r.cloud),
+            self.ssh.port(&r.cloud, &r.id),
+        )
     }
 
     fn hosted_base_url(&self) -> String {
@@ -345,4 +377,23 @@ impl Instances {
             })
             .unwrap_or(0)
     }
+}
+
+/// Every built-in cloud's catalogue as the market shows it (normalized offers), for
+/// tests that need the real sandbox market without serving it.
+#[cfg(test)]
+pub(crate) fn catalogues_for_tests() -> Vec<(String, Vec<crate::model::Offer>)> {
+    catalog::load()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let name = c.name.clone();
+            let offers = c
+                .offers
+                .into_iter()
+                .map(|o| crate::market::offer_from_provider(&name, o, 0))
+                .collect();
+            (name, offers)
+        })
+        .collect()
 }

@@ -19,15 +19,15 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::ids;
-use crate::money::Usd;
 use crate::providers::protocol::{
     CreateInstance, ErrorBody, InstanceState, InstancesResponse, OffersResponse, ProviderOffer,
 };
 
+use super::catalog::{quoted, str_key};
 use super::llm::{self, Kind};
 use super::sim::{mix, preemption_time, InstanceRecord};
 use super::stream::{self, ReplyBody};
-use super::{catalog::str_key, CloudState, State, HOSTED_EMBEDDING_MODELS, HOSTED_MODELS};
+use super::{CloudState, State, HOSTED_EMBEDDING_MODELS, HOSTED_MODELS};
 
 /// Request bodies past this are refused (413).
 const MAX_BODY: usize = 1024 * 1024;
@@ -269,25 +269,35 @@ async fn cloud_route(
         (&Method::GET, ["instances"]) => {
             let now = st.clock.now();
             let inst = st.instances.lock().await;
-            let list = inst
+            let list: Vec<_> = inst
                 .cloud(&c.name)
                 .map(|ci| {
                     let mut v: Vec<&InstanceRecord> = ci.by_id.values().collect();
                     v.sort_by_key(|r| r.seq);
-                    v.into_iter()
-                        .map(|r| r.to_instance(now, &st.cloud_base(&c.name)))
-                        .collect()
+                    v.into_iter().map(|r| st.view(r, now)).collect()
                 })
                 .unwrap_or_default();
+            drop(inst);
+            for i in list.iter().filter(|i| i.state.is_gone()) {
+                st.ssh.close(&c.name, &i.id).await;
+            }
             Reply::json(StatusCode::OK, &InstancesResponse { instances: list })
         }
         (&Method::POST, ["instances"]) => create(st, c, body).await,
         (&Method::GET, ["instances", id]) => {
             let now = st.clock.now();
-            let inst = st.instances.lock().await;
-            match inst.get(&c.name, id) {
-                Some(r) => {
-                    Reply::json(StatusCode::OK, &r.to_instance(now, &st.cloud_base(&c.name)))
+            let view = st
+                .instances
+                .lock()
+                .await
+                .get(&c.name, id)
+                .map(|r| st.view(r, now));
+            match view {
+                Some(v) => {
+                    if v.state.is_gone() {
+                        st.ssh.close(&c.name, id).await;
+                    }
+                    Reply::json(StatusCode::OK, &v)
                 }
                 None => Reply::err(StatusCode::NOT_FOUND, "not_found"),
             }
@@ -371,7 +381,7 @@ async fn offers(st: &Arc<State>, c: &CloudState) -> Reply {
     let active = st.instances.lock().await.active_counts(&c.name, now);
     for (o, p) in offers.iter_mut().zip(prices) {
         // Marketplaces quote to the hundredth of a cent.
-        o.price_per_hour = Usd((p.micros() + 50) / 100 * 100);
+        o.price_per_hour = quoted(p);
         o.available = o
             .available
             .saturating_sub(active.get(&o.id).copied().unwrap_or(0));
@@ -437,7 +447,13 @@ async fn create(st: &Arc<State>, c: &CloudState, body: &[u8]) -> Reply {
         tracing::warn!("sandbox: {e}");
         return Reply::err(StatusCode::INTERNAL_SERVER_ERROR, "storage_error");
     }
-    let view = rec.to_instance(now, &st.cloud_base(&c.name));
+    if rec.model.is_none() {
+        // A plain machine is reached over SSH: its port listens from now on.
+        if let Err(e) = st.ssh.open(Arc::downgrade(st), &c.name, &rec.id).await {
+            tracing::warn!("sandbox: {e}");
+        }
+    }
+    let view = st.view(&rec, now);
     inst.insert(rec);
     let lie = c
         .create_lies
@@ -472,8 +488,13 @@ async fn change(
             }
         }
     }
-    let view = rec.to_instance(now, &st.cloud_base(&c.name));
+    let view = st.view(&rec, now);
     inst.insert(rec);
+    drop(inst);
+    // Deleted or preempted: the port is closed before the cloud answers.
+    if view.state != InstanceState::Running && view.state != InstanceState::Provisioning {
+        st.ssh.close(&c.name, id).await;
+    }
     Reply::json(StatusCode::OK, &view)
 }
 

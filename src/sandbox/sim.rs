@@ -132,11 +132,21 @@ impl InstanceRecord {
         )
     }
 
-    /// The wire view. `base` is `http://ADDR/<cloud>`, for model endpoints.
-    pub fn to_instance(&self, now: Millis, base: &str) -> Instance {
+    /// The wire view. `base` is `http://ADDR/<cloud>`, for model endpoints; `ssh_port`
+    /// is a plain instance's loopback SSH listener (see `sandbox::ssh`), shown while
+    /// it runs.
+    pub fn to_instance(&self, now: Millis, base: &str, ssh_port: Option<u16>) -> Instance {
         let (state, ended) = self.state_at(now);
         let endpoint = match (&self.model, state) {
             (Some(_), InstanceState::Running) => Some(format!("{base}/instances/{}/v1", self.id)),
+            _ => None,
+        };
+        let ssh = match (&self.model, state, ssh_port) {
+            (None, InstanceState::Running, Some(port)) => Some(crate::model::Ssh {
+                host: "127.0.0.1".into(),
+                port,
+                user: "root".into(),
+            }),
             _ => None,
         };
         Instance {
@@ -145,7 +155,7 @@ impl InstanceRecord {
             label: self.label.clone(),
             state,
             endpoint,
-            ssh: None,
+            ssh,
             created_at: rfc3339(self.created_at),
             ended_at: ended.map(rfc3339),
         }

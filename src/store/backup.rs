@@ -58,6 +58,7 @@ pub(super) fn snapshot_to(src: &ReadTransaction, dest: &Path) -> Result<BackupSt
     copy!(ACCOUNT_RENTALS, RENTALS_BY_TIME);
     copy!(ACTIVE_RENTALS, ACCOUNT_ACTIVE);
     copy!(TOTALS);
+    copy!(PRICE_HISTORY);
     let present: BTreeSet<String> = src.list_tables()?.map(|h| h.name().to_string()).collect();
     if let Some(missing) = present.difference(&copied).next() {
         drop(out);

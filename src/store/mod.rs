@@ -15,6 +15,7 @@ pub(crate) mod codec;
 mod error;
 #[cfg(test)]
 mod fixture_tests;
+mod history;
 mod reads;
 pub(crate) mod tables;
 #[cfg(test)]
@@ -36,6 +37,7 @@ use writer::{writer_loop, Completion, Job, Op};
 
 pub use backup::{file_schema_version, BackupStats};
 pub use error::StoreError;
+pub(crate) use history::{HistoryKey, HistorySweep};
 pub use reads::Rx;
 pub(crate) use writes::SweepCursor;
 pub use writes::Tx;
@@ -88,6 +90,8 @@ impl Store {
             txn.open_table(TOTALS)?;
             txn.open_table(LEDGER)?;
             txn.open_table(IDEMPOTENCY)?;
+            // Schema 5's table: history starts empty, so opening it is the migration.
+            txn.open_table(PRICE_HISTORY)?;
             {
                 let mut meta = txn.open_table(META)?;
                 let existing = meta
@@ -99,14 +103,16 @@ impl Store {
                         meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                     }
                     Some(v) if v == SCHEMA_VERSION => {}
-                    Some(v @ 1..=3) => {
+                    Some(v @ 1..=4) => {
                         if v < 2 {
                             migrate_1_to_2(&txn)?;
                         }
                         if v < 3 {
                             migrate_2_to_3(&txn)?;
                         }
-                        migrate_3_to_4(&txn)?;
+                        if v < 4 {
+                            migrate_3_to_4(&txn)?;
+                        }
                         meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                     }
                     Some(v) => {

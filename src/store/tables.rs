@@ -37,7 +37,14 @@ pub const TOTALS: TableDefinition<&str, i64> = TableDefinition::new("totals");
 pub const RENTALS_BY_TIME: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("rentals_by_time");
 
+/// (normalized GPU model, hour start ms, provider, interruptible) -> `PriceRollup`
+/// (schema 5): price history rolled up per hour. Keyed by GPU first, so a range of one
+/// GPU's hours is one contiguous scan (a page of history is O(page x providers)).
+pub const PRICE_HISTORY: TableDefinition<(&str, i64, &str, bool), &[u8]> =
+    TableDefinition::new("price_history");
+
 /// Bumped when a table's key or value layout changes, or a table is added that must be
 /// built from the others (`Store::open` migrates: 1 -> 2 builds `account_active`,
-/// 2 -> 3 builds `totals`, 3 -> 4 builds `rentals_by_time`).
-pub const SCHEMA_VERSION: u32 = 4;
+/// 2 -> 3 builds `totals`, 3 -> 4 builds `rentals_by_time`, 4 -> 5 adds the empty
+/// `price_history`).
+pub const SCHEMA_VERSION: u32 = 5;

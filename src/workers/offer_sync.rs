@@ -1,7 +1,8 @@
 //! Offer sync: one loop per provider keeps its offers in the market and in redb.
 //!
 //! A round lists the provider's offers (through its quota), normalizes them, persists
-//! them, then swaps them into the market — redb first, so a restart never shows
+//! them (with the refresh's price history rows, `crate::history`, in the same
+//! transaction), then swaps them into the market — redb first, so a restart never shows
 //! offers the market had not committed. A failed round keeps the last offers and
 //! marks the provider stale; once `stale_after_seconds` have passed since its last
 //! good refresh, its offers are dropped from market and store ("failing"), because
@@ -157,7 +158,7 @@ pub async fn refresh_once(
             if let Some((id, w)) = why {
                 tracing::warn!(provider = name, skipped = total - offers.len(), first = %id, reason = w, "offers refused");
             }
-            match persist(store, name, offers).await {
+            match persist(store, name, offers, now).await {
                 Ok(offers) => {
                     // Rebuilding the index sorts the whole market (~70 ms at 100k
                     // offers): off the executor threads.
@@ -211,11 +212,13 @@ pub async fn refresh_once(
     Ok(RefreshOutcome::Dropped { error })
 }
 
-/// Writes `provider`'s offers to redb in place of the old ones; hands them back.
+/// Writes `provider`'s offers to redb in place of the old ones, and this refresh into
+/// the price history, in one transaction; hands the offers back.
 async fn persist(
     store: &Store,
     provider: &str,
     offers: Vec<Offer>,
+    now: Millis,
 ) -> Result<Vec<Offer>, StoreError> {
     // Shared with the writer closure instead of copied: the closure is dropped once
     // it ran, so the vector comes back without a clone in the usual case.
@@ -223,7 +226,10 @@ async fn persist(
     let for_writer = shared.clone();
     let p = provider.to_string();
     store
-        .write(move |tx| tx.replace_offers(&p, &for_writer))
+        .write(move |tx| {
+            tx.replace_offers(&p, &for_writer)?;
+            crate::history::record(tx, &p, &for_writer, now)
+        })
         .await?;
     Ok(Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone()))
 }

@@ -1,6 +1,7 @@
 //! Retention, once an hour: what only matters for 24 h is swept (idempotency records,
 //! since a key used again after its window is a new operation anyway, and the markers
-//! of idempotent credits), in one pass over each table in batches of 1,000 rows, one
+//! of idempotent credits), and so is price history older than
+//! `history.retention_days`, in one pass over each table in batches of 1,000 rows, one
 //! commit each; and hosted request charges older than `billing.request_detail_days`
 //! are folded into one charge per account, model and UTC day (`ledger::fold`).
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, Signal};
 use crate::error::Error;
 use crate::ledger::fold::{self, FoldStep};
-use crate::store::{Store, StoreError, SweepCursor};
+use crate::store::{HistorySweep, Store, StoreError, SweepCursor};
 
 /// Idempotency records and credit markers live this long.
 pub(crate) const KEEP_MS: i64 = 24 * 3600 * 1000;
@@ -86,12 +87,37 @@ pub(crate) async fn sweep_once(store: &Store, clock: &Clock) -> Result<(usize, u
     Ok(total)
 }
 
+/// Removes price history rows of hours that started more than `retention_days` ago;
+/// answers how many.
+pub(crate) async fn sweep_history(
+    store: &Store,
+    clock: &Clock,
+    retention_days: u64,
+) -> Result<usize, StoreError> {
+    let keep = i64::try_from(retention_days)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(24 * 3600 * 1000);
+    let cutoff = clock.now().saturating_sub(keep);
+    let mut total = 0;
+    let mut cursor = HistorySweep::start();
+    while cursor.gpu.is_some() {
+        let from = cursor.clone();
+        let (n, next) = store
+            .write(move |tx| tx.sweep_history(cutoff, BATCH, &from))
+            .await?;
+        total += n;
+        cursor = next;
+    }
+    Ok(total)
+}
+
 /// Sweeps at start and every hour until shutdown. The ticker is registered when this
 /// is called.
 pub(crate) fn run(
     store: Store,
     clock: Clock,
     request_detail_days: u64,
+    retention_days: u64,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     let mut ticker = clock.ticker(Signal::new("retention"));
@@ -112,6 +138,11 @@ pub(crate) fn run(
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "folding request charges failed"),
+            }
+            match sweep_history(&store, &clock, retention_days).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, retention_days, "swept old price history"),
+                Err(e) => tracing::warn!(error = %e, "price history sweep failed"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -244,3 +244,78 @@ async fn wrong_key_and_unreachable_daemon_fail_clearly() {
     assert!(stderr(&down).contains("cannot reach"), "{}", stderr(&down));
     assert!(stderr(&down).contains(&url), "{}", stderr(&down));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_prints_a_table_and_a_sparkline_per_series() {
+    let d = Daemon::in_process_with(
+        "[billing]\nmetering_interval_seconds = 600\n[sandbox]\nrefresh_seconds = 600\nprice_drift = 0.05\n",
+        Some((600, 600)),
+    )
+    .await;
+    d.advance(3 * 3600 + 60).await;
+    let env = [
+        ("SPOTD_URL", d.url.as_str()),
+        ("SPOTD_API_KEY", &d.demo_key),
+    ];
+    let out = ok(
+        &[
+            "prices",
+            "--gpu",
+            "H100",
+            "--interruptible",
+            "--since",
+            "24h",
+        ],
+        &env,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("START"), "{out}");
+    for col in ["GPU", "PROVIDER", "MIN", "MEDIAN", "MAX", "OFFERS"] {
+        assert!(lines[0].contains(col), "header lacks {col}: {out}");
+    }
+    // What the API has, row for row: H100 SXM and H100 PCIe, 4 hours each, spot only.
+    let api = d
+        .get(
+            "/v1/gpus/prices?gpu=H100&interruptible=true&since=24h&limit=1000",
+            &d.demo_key,
+        )
+        .await;
+    let data = api.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 8, "{:?}", api.body);
+    let rows: Vec<&str> = lines[1..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .copied()
+        .collect();
+    assert_eq!(rows.len(), data.len(), "{out}");
+    for (row, r) in rows.iter().zip(data) {
+        assert!(row.contains(r["gpu"].as_str().unwrap()), "{row}");
+        assert!(
+            row.contains(&usd_cell(usd(&r["median_price_per_gpu_hour"]))),
+            "{row} vs {r}"
+        );
+    }
+    // One sparkline per series, one bar per hour.
+    for series in ["H100 SXM / all / spot", "H100 PCIe / all / spot"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} line: {out}"));
+        let bars = line.chars().filter(|c| ('▁'..='█').contains(c)).count();
+        assert_eq!(bars, 4, "{line}");
+    }
+    assert!(
+        !out.contains("on-demand"),
+        "--interruptible shows spot only: {out}"
+    );
+
+    let json = ok(
+        &["prices", "--gpu", "H100", "--interruptible", "--json"],
+        &env,
+    );
+    let v: Value = serde_json::from_str(json.lines().next().unwrap()).expect("--json prints JSON");
+    assert_eq!(v["data"].as_array().unwrap().len(), 8);
+    let bad = spotd(&["prices", "--gpu", "H100", "--since", "yesterday"], &env);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("since must be"), "{}", stderr(&bad));
+}

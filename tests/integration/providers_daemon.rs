@@ -106,7 +106,11 @@ async fn vast_mock() -> World {
                 i["id"] = json!(id);
                 i["label"] = r.body["label"].clone();
                 i["actual_status"] = json!("loading");
+                // As Vast does: a bid at its price, else on demand at the full price.
                 i["is_bid"] = json!(r.body.get("price").is_some());
+                let price = r.body.get("price").cloned();
+                i["dph_base"] = price.clone().unwrap_or_else(|| o["dph_base"].clone());
+                i["dph_total"] = price.unwrap_or_else(|| o["dph_total"].clone());
                 i["image_uuid"] = r.body["image"].clone();
                 i["num_gpus"] = o["num_gpus"].clone();
                 i["gpu_name"] = o["gpu_name"].clone();

@@ -21,15 +21,74 @@ fn provider(base: String, timeout: Duration) -> Arc<dyn Provider> {
     ))
 }
 
+/// Vast's rule for `PUT /asks/{ask}/`: with `price` an interruptible (bid) instance at
+/// that price; without it, on demand at the ask's full `dph_total`, whatever offer the
+/// caller had in mind (vast-cli PR #403: the API "silently provisions on-demand").
+fn rent_like_vast(ask: &str, body: &Value, id: u64) -> Option<Value> {
+    let bundles = fixture_json(K, "bundles.json");
+    let o = bundles["offers"]
+        .as_array()?
+        .iter()
+        .find(|o| o["id"].to_string().as_str() == ask)?
+        .clone();
+    let (is_bid, dph) = match body.get("price") {
+        Some(p) => (true, p.clone()),
+        None => (false, o["dph_total"].clone()),
+    };
+    Some(
+        json!({"id": id, "ask_id": o["id"], "actual_status": "loading", "label": body["label"],
+        "num_gpus": o["num_gpus"], "gpu_name": o["gpu_name"], "is_bid": is_bid,
+        "dph_base": dph, "dph_total": dph, "min_bid": o["min_bid"]}),
+    )
+}
+
 /// A stateful mock: `/ok` serves the fixtures; `/flaky` answers 500 to a create
-/// although it records the instance; `/full` has no capacity.
+/// although it records the instance; `/full` has no capacity. `/market` rents as Vast
+/// does ([`rent_like_vast`]); `/lossy` is the same market behind a client that drops
+/// `price` from the create (the mistake vast-cli PR #403 warns of).
 async fn mock() -> Mock {
     let created: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
+    let market: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
     start(Arc::new(move |r: &Req| {
         if let Some(e) = error_route(r) {
             return e;
         }
         let p = r.path.as_str();
+        for prefix in ["/market", "/lossy"] {
+            let Some(rest) = p.strip_prefix(prefix) else {
+                continue;
+            };
+            let mut list = market.lock().unwrap();
+            return match (r.method.as_str(), rest) {
+                ("PUT", _) if rest.starts_with("/asks/") => {
+                    let ask = rest.trim_start_matches("/asks/").trim_end_matches('/');
+                    let mut body = r.body.clone();
+                    if prefix == "/lossy" {
+                        body.as_object_mut().unwrap().remove("price");
+                    }
+                    let id = 8_000_000 + list.len() as u64;
+                    match rent_like_vast(ask, &body, id) {
+                        Some(i) => {
+                            list.push(i);
+                            json(200, &json!({"success": true, "new_contract": id}))
+                        }
+                        None => reply(404, fixture(K, "no_such_ask.json")),
+                    }
+                }
+                ("GET", "/instances/?owner=me") => json(200, &json!({"instances": *list})),
+                ("DELETE", _) if rest.starts_with("/instances/") => {
+                    let id = rest.trim_start_matches("/instances/").trim_end_matches('/');
+                    let before = list.len();
+                    list.retain(|i| i["id"].to_string().as_str() != id);
+                    if list.len() == before {
+                        reply(404, r#"{"success":false,"error":"no_such_instance"}"#)
+                    } else {
+                        json(200, &json!({"success": true}))
+                    }
+                }
+                _ => reply(404, r#"{"success":false}"#),
+            };
+        }
         match (r.method.as_str(), p) {
             ("POST", "/ok/bundles/") => reply(200, fixture(K, "bundles.json")),
             ("POST", "/ok/ssh/") => reply(200, r#"{"success":true,"key":{"id":1}}"#),
@@ -236,4 +295,52 @@ async fn a_500_on_create_that_created_is_adopted_not_recreated() {
     let p2 = provider(format!("{}/flaky", m2.base), Duration::from_secs(5));
     assert_eq!(rent_like_spotd(&*p2, &c).await.as_deref(), Some("9000000"));
     assert_eq!(m2.requests("PUT", "/flaky/asks/").len(), 1);
+}
+
+#[tokio::test]
+async fn a_bid_offer_is_created_as_a_bid_and_checked() {
+    let m = mock().await;
+    let p = provider(format!("{}/market", m.base), Duration::from_secs(5));
+    let i = p
+        .create_instance(&create("12345678-bid-120000"))
+        .await
+        .expect("a bid at min_bid is rented as a bid");
+    assert_eq!(i.state, InstanceState::Provisioning);
+    let put = &m.requests("PUT", "/market/asks/12345678/")[0].body;
+    assert_eq!(
+        put["price"].to_string(),
+        "0.12",
+        "the bid goes out explicitly"
+    );
+    // Read back: the instance is a bid at the bid price, and it is kept.
+    assert_eq!(m.requests("GET", "/market/instances/?owner=me").len(), 1);
+    assert!(m.requests("DELETE", "/market/instances/").is_empty());
+    // On demand is created without a price and is on demand.
+    p.create_instance(&create("12345678")).await.unwrap();
+    let put = &m.requests("PUT", "/market/asks/12345678/")[1].body;
+    assert!(put.get("price").is_none());
+    assert!(m.requests("DELETE", "/market/instances/").is_empty());
+    assert_eq!(p.list_instances().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_bid_rented_on_demand_is_refused_and_destroyed() {
+    let m = mock().await;
+    let p = provider(format!("{}/lossy", m.base), Duration::from_secs(5));
+    // The market rents a bid-less create of a bid offer on demand at the full price...
+    let err = p
+        .create_instance(&create("12345678-bid-120000"))
+        .await
+        .expect_err("an on-demand instance for a bid is not what was rented");
+    let ProviderError::Rejected(msg) = err else {
+        panic!("{err:?}");
+    };
+    assert!(msg.contains("on demand at $0.241/h"), "{msg}");
+    assert!(msg.contains("bid $0.12/h"), "{msg}");
+    assert!(msg.contains("destroyed"), "{msg}");
+    // ...and spotd destroyed it: nothing is left running on the account.
+    let deletes = m.requests("DELETE", "/lossy/instances/");
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(deletes[0].path, "/lossy/instances/8000000/");
+    assert!(p.list_instances().await.unwrap().is_empty());
 }

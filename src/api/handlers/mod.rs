@@ -6,6 +6,7 @@ pub mod admin;
 pub mod credits;
 pub mod gpus;
 pub mod openai;
+pub mod prices;
 pub mod service;
 
 use hyper::StatusCode;
