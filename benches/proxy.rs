@@ -1,14 +1,16 @@
-//! Proxy overhead: the same non-streaming `gpt-4o-mini` chat completion sent through
-//! spotd (`/v1/chat/completions`: auth, rate limit, catalogue, upstream call, per-token
-//! billing) and straight to the sandbox hosted upstream spotd proxies to, interleaved
-//! under the same load in the same run. Prints p50 and p99 of both and the latency
-//! spotd adds.
+//! Proxy overhead, open loop: the same non-streaming `gpt-4o-mini` chat completion
+//! sent at a steady rate (default 2,000 req/s) through spotd (`/v1/chat/completions`:
+//! auth, rate limit, catalogue, admission, upstream call, per-token billing) and
+//! straight to the sandbox hosted upstream spotd proxies to, in alternating phases of
+//! the same run. Requests leave on schedule whether or not earlier ones have answered
+//! (no coordinated omission); each is timed from the moment it is sent. Prints p50,
+//! p99 and p99.9 of both paths and what spotd adds.
 //!
 //! The daemon runs in-process in sandbox mode (its hosted upstream is an in-process
 //! loopback server), so both paths share the same machine, runtime and upstream; the
 //! difference is spotd's work plus one extra loopback hop.
 //!
-//! `cargo bench --bench proxy` (optionally `-- WORKERS REQUESTS_PER_WORKER`).
+//! `cargo bench --bench proxy` (optionally `-- RATE SECONDS_PER_PHASE PHASES`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,9 +22,10 @@ use spotd::config::Config;
 use spotd::http_client::HttpClient;
 use tokio_util::sync::CancellationToken;
 
-const DEFAULT_WORKERS: usize = 8;
-const DEFAULT_REQUESTS_PER_WORKER: usize = 250;
-const WARMUP_PER_TARGET: usize = 50;
+const DEFAULT_RATE: usize = 2000;
+const DEFAULT_PHASE_SECONDS: usize = 3;
+const DEFAULT_PHASES: usize = 3;
+const WARMUP_PER_TARGET: usize = 200;
 
 fn main() {
     // `cargo bench` passes `--bench`; numbers are ours.
@@ -30,17 +33,14 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let workers = nums.first().copied().unwrap_or(DEFAULT_WORKERS).max(1);
-    let per_worker = nums
-        .get(1)
-        .copied()
-        .unwrap_or(DEFAULT_REQUESTS_PER_WORKER)
-        .max(1);
+    let rate = nums.first().copied().unwrap_or(DEFAULT_RATE).max(1);
+    let phase = nums.get(1).copied().unwrap_or(DEFAULT_PHASE_SECONDS).max(1);
+    let phases = nums.get(2).copied().unwrap_or(DEFAULT_PHASES).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(bench(workers, per_worker)) {
+    if let Err(e) = rt.block_on(bench(rate, phase, phases)) {
         eprintln!("proxy bench failed: {e}");
         std::process::exit(1);
     }
@@ -61,7 +61,7 @@ async fn wait_for_file(path: &Path, within: Duration) -> Result<String, String> 
     }
 }
 
-async fn bench(workers: usize, per_worker: usize) -> Result<(), String> {
+async fn bench(rate: usize, phase: usize, phases: usize) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cfg = Config {
         listen: "127.0.0.1:0".into(),
@@ -111,65 +111,85 @@ async fn bench(workers: usize, per_worker: usize) -> Result<(), String> {
         }
     }
 
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (client, targets, body) = (client.clone(), targets.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-            for i in 0..per_worker {
-                // Alternate which path goes first so neither always sees the other's
-                // wake-up cost.
-                let order = if (i + w) % 2 == 0 { [0, 1] } else { [1, 0] };
-                for t in order {
-                    let (url, key) = &targets[t];
-                    lat[t].push(one(&client, url, key.as_deref(), &body).await?);
-                }
-            }
-            Ok::<_, String>(lat)
-        }));
+    let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut behind = Duration::ZERO;
+    for p in 0..phases * 2 {
+        // direct, spotd, direct, spotd, ...: each path sees the same warm-up and drift.
+        let t = if p % 2 == 0 { 1 } else { 0 };
+        let (l, late) = open_loop(&client, &targets[t], &body, rate, phase).await?;
+        behind = behind.max(late);
+        lat[t].extend(l);
     }
-    let mut via = Vec::new();
-    let mut direct = Vec::new();
-    for t in tasks {
-        let [a, b] = t.await.map_err(|e| e.to_string())??;
-        via.extend(a);
-        direct.extend(b);
-    }
-    let elapsed = started.elapsed();
 
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), daemon).await;
 
+    let [mut via, mut direct] = lat;
     via.sort();
     direct.sort();
-    let (v50, v99) = (pct(&via, 50), pct(&via, 99));
-    let (d50, d99) = (pct(&direct, 50), pct(&direct, 99));
     println!(
-        "proxy overhead: {workers} workers x {per_worker} requests per path, interleaved, {:.1} s",
-        elapsed.as_secs_f64()
+        "proxy overhead, open loop: {rate} req/s, {phases} phases of {phase} s per path, alternating; \
+         {} + {} requests; the sender was at most {:.2} ms behind schedule",
+        via.len(),
+        direct.len(),
+        ms(behind)
     );
+    for (name, v) in [
+        ("direct to upstream", &direct),
+        ("through spotd     ", &via),
+    ] {
+        println!(
+            "  {name} : p50 {:>7.3} ms   p99 {:>7.3} ms   p99.9 {:>7.3} ms",
+            ms(pct(v, 50.0)),
+            ms(pct(v, 99.0)),
+            ms(pct(v, 99.9))
+        );
+    }
     println!(
-        "  direct to upstream : p50 {:>8.3} ms   p99 {:>8.3} ms",
-        ms(d50),
-        ms(d99)
-    );
-    println!(
-        "  through spotd      : p50 {:>8.3} ms   p99 {:>8.3} ms",
-        ms(v50),
-        ms(v99)
-    );
-    println!(
-        "  added by spotd     : p50 {:>+8.3} ms   p99 {:>+8.3} ms",
-        ms(v50) - ms(d50),
-        ms(v99) - ms(d99)
-    );
-    println!(
-        "  ratio spotd/direct : p50 {:>8.2}x     p99 {:>8.2}x",
-        ms(v50) / ms(d50).max(1e-9),
-        ms(v99) / ms(d99).max(1e-9)
+        "  added by spotd     : p50 {:>+7.3} ms   p99 {:>+7.3} ms   p99.9 {:>+7.3} ms",
+        ms(pct(&via, 50.0)) - ms(pct(&direct, 50.0)),
+        ms(pct(&via, 99.0)) - ms(pct(&direct, 99.0)),
+        ms(pct(&via, 99.9)) - ms(pct(&direct, 99.9))
     );
     Ok(())
+}
+
+/// Sends `rate` requests a second for `seconds` to one target without waiting for the
+/// answers; answers their latencies and how far behind schedule the sender fell.
+async fn open_loop(
+    client: &HttpClient,
+    target: &(String, Option<String>),
+    body: &[u8],
+    rate: usize,
+    seconds: usize,
+) -> Result<(Vec<Duration>, Duration), String> {
+    let total = rate * seconds;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    let mut late = Duration::ZERO;
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        } else {
+            late = late.max(now - due);
+        }
+        let (c, url, key, b) = (
+            client.clone(),
+            target.0.clone(),
+            target.1.clone(),
+            body.to_vec(),
+        );
+        tasks.push(tokio::spawn(async move {
+            one(&c, &url, key.as_deref(), &b).await
+        }));
+    }
+    let mut out = Vec::with_capacity(total);
+    for t in tasks {
+        out.push(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok((out, late))
 }
 
 /// One request; anything but 200 with a completion aborts the run (a benchmark of
@@ -201,11 +221,11 @@ async fn one(
 }
 
 /// Nearest-rank percentile of sorted samples.
-fn pct(sorted: &[Duration], p: usize) -> Duration {
+fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    let rank = ((sorted.len() as f64 * p / 100.0).ceil() as usize).max(1);
     sorted[rank.min(sorted.len()) - 1]
 }
 

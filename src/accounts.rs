@@ -213,6 +213,64 @@ pub(crate) async fn revoke_key(store: &Store, clock: &Clock, key_id: &str) -> Re
         .await
 }
 
+/// Who a bearer secret is: its account and key ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub account_id: String,
+    pub key_id: String,
+}
+
+/// Most keys the authentication cache holds; past it the cache starts over (each
+/// entry is a hash and two ids, about 150 bytes: at most ~15 MB).
+const KEY_CACHE_MAX: usize = 100_000;
+
+/// Live API keys by hash, so authenticating a request is a hash and a map lookup, not a
+/// store read on the blocking pool. Only keys that were valid when read are cached, and
+/// [`KeyCache::forget`] drops a key as it is revoked (this daemon is the only writer of
+/// its database), so a revoked key fails the very next request as before.
+#[derive(Default)]
+pub struct KeyCache {
+    keys: std::sync::RwLock<std::collections::HashMap<String, Principal>>,
+    /// Bumped by every `forget`: a store read that began before a revocation must not
+    /// put the key back afterwards.
+    forgets: std::sync::atomic::AtomicU64,
+}
+
+impl KeyCache {
+    /// The principal of `secret`, from memory or else from the store.
+    pub(crate) async fn authenticate(&self, store: &Store, secret: &str) -> Result<Principal> {
+        let hash = ids::hash_secret(secret);
+        if let Some(p) = self.keys.read().ok().and_then(|m| m.get(&hash).cloned()) {
+            return Ok(p);
+        }
+        let before = self.forgets.load(std::sync::atomic::Ordering::SeqCst);
+        let (a, k) = authenticate(store, secret).await?;
+        let p = Principal {
+            account_id: a.id,
+            key_id: k.id,
+        };
+        if let Ok(mut m) = self.keys.write() {
+            if self.forgets.load(std::sync::atomic::Ordering::SeqCst) != before {
+                return Ok(p);
+            }
+            if m.len() >= KEY_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(hash, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// Drops a key (by its hash) from the cache; called once its revocation is durable.
+    pub(crate) fn forget(&self, hash: &str) {
+        if let Ok(mut m) = self.keys.write() {
+            self.forgets
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            m.remove(hash);
+        }
+    }
+}
+
 /// The account a bearer secret belongs to, or `Unauthenticated`.
 pub(crate) async fn authenticate(store: &Store, secret: &str) -> Result<(Account, ApiKey)> {
     let hash = ids::hash_secret(secret);

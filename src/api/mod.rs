@@ -56,6 +56,8 @@ pub(crate) struct App {
     /// SHA-256 hex of the admin token.
     pub admin_hash: String,
     pub(crate) limiter: DefaultKeyedRateLimiter<String>,
+    /// Live API keys in memory (authentication without a store read).
+    pub(crate) keys: crate::accounts::KeyCache,
     /// Idempotency keys being processed right now (scope + key).
     pub(crate) in_flight: Mutex<HashSet<String>>,
 }
@@ -87,6 +89,7 @@ impl App {
             clock,
             admin_hash,
             limiter,
+            keys: crate::accounts::KeyCache::default(),
             in_flight: Mutex::new(HashSet::new()),
         }
     }

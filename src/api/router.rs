@@ -14,10 +14,10 @@ use tracing::Instrument;
 
 use super::routes::{self, Access, Lookup, Params};
 use super::{error, App, Body};
-use crate::accounts;
+use crate::accounts::Principal;
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::model::{Account, IdempotencyRecord};
+use crate::model::IdempotencyRecord;
 
 /// Idempotency records answer for this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -61,9 +61,9 @@ impl Ctx {
     }
 
     /// The account calling a [`Access::User`] route.
-    pub fn account(&self) -> Result<&Account> {
+    pub fn account(&self) -> Result<&Principal> {
         match &self.caller {
-            Caller::User(a) => Ok(a),
+            Caller::User(p) => Ok(p),
             _ => Err(Error::Bug("the route is not a user route".into())),
         }
     }
@@ -72,7 +72,7 @@ impl Ctx {
 /// Who is calling.
 pub enum Caller {
     Anonymous,
-    User(Account),
+    User(Principal),
     Admin,
 }
 
@@ -289,8 +289,9 @@ async fn authenticate(app: &App, headers: &HeaderMap, admin: bool) -> Result<Cal
         }
         (Caller::Admin, "admin".to_string())
     } else {
-        let (a, k) = accounts::authenticate(&app.store, token).await?;
-        (Caller::User(a), k.id)
+        let p = app.keys.authenticate(&app.store, token).await?;
+        let key = p.key_id.clone();
+        (Caller::User(p), key)
     };
     if let Err(not_until) = app.limiter.check_key(&key) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(

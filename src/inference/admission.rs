@@ -9,8 +9,10 @@
 //! Reservations live in memory (they last as long as their request, which a crash ends
 //! anyway), not in the ledger, so a rental's hold or its metering does not see them: a
 //! rent placed while a request is in flight can still leave that request's charge
-//! capped at what is left (the README says so). They are taken and let go under one async lock, with the
-//! account read inside it, so a charge landing cannot be counted twice or not at all.
+//! capped at what is left (the README says so). The account is read outside the lock
+//! (parallel requests do not queue behind each other's reads); what was given back
+//! while it read is counted as still taken, so a charge landing is never missed by both
+//! the account and the reservations (see `Book`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +23,18 @@ use crate::store::Store;
 
 #[derive(Default)]
 pub(crate) struct Admission {
-    reserved: tokio::sync::Mutex<HashMap<String, Usd>>,
+    reserved: std::sync::Mutex<Book>,
+}
+
+/// What is reserved per account, and how much has been given back in all: a
+/// reservation reads the account outside the lock, and counts what was given back
+/// while it read as still taken (a charge that landed after the read, whose reservation
+/// is already gone, would otherwise be counted by neither). That errs on the safe side
+/// by at most the reservations released during one account read.
+#[derive(Default)]
+struct Book {
+    taken: HashMap<String, Usd>,
+    given_back: Usd,
 }
 
 /// A reservation; [`Reserved::release`] lets it go (dropping it does too, in the
@@ -42,17 +55,23 @@ impl Admission {
         estimate: Usd,
     ) -> Result<Reserved> {
         let estimate = estimate.max(Usd(1));
-        let mut reserved = self.reserved.lock().await;
+        let seen = self.book().given_back;
+        // Parallel requests read in parallel; no lock is held across the read.
         let a = crate::accounts::get_account(store, account).await?;
-        let taken = reserved.get(account).copied().unwrap_or(Usd::ZERO);
-        let free = a.available() - taken;
+        let mut book = self.book();
+        let taken = book.taken.get(account).copied().unwrap_or(Usd::ZERO);
+        // Reservations given back since the read began may belong to charges the read
+        // did not see: count them as still taken (each charge is at most its estimate).
+        let unseen = Usd(book.given_back.0 - seen.0);
+        let free = a.available() - taken - unseen;
         if free < estimate {
             return Err(Error::InsufficientCredit(format!(
                 "insufficient credit: this request may cost up to {estimate} (its input and \
                  max_tokens of output) and {free} is available; add credit or lower max_tokens"
             )));
         }
-        *reserved.entry(account.to_string()).or_default() += estimate;
+        *book.taken.entry(account.to_string()).or_default() += estimate;
+        drop(book);
         Ok(Reserved {
             admission: self.clone(),
             account: account.to_string(),
@@ -61,12 +80,19 @@ impl Admission {
         })
     }
 
-    async fn give_back(&self, account: &str, amount: Usd) {
-        let mut reserved = self.reserved.lock().await;
-        if let Some(r) = reserved.get_mut(account) {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        // A panic while holding it cannot leave the map half-updated (each change is one
+        // statement), so a poisoned lock is still a sound one.
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn give_back(&self, account: &str, amount: Usd) {
+        let mut book = self.book();
+        book.given_back += amount;
+        if let Some(r) = book.taken.get_mut(account) {
             *r -= amount;
             if *r <= Usd::ZERO {
-                reserved.remove(account);
+                book.taken.remove(account);
             }
         }
     }
@@ -74,12 +100,7 @@ impl Admission {
     /// What is reserved for `account` now (tests).
     #[cfg(test)]
     pub(crate) async fn reserved(&self, account: &str) -> Usd {
-        self.reserved
-            .lock()
-            .await
-            .get(account)
-            .copied()
-            .unwrap_or(Usd::ZERO)
+        self.book().taken.get(account).copied().unwrap_or(Usd::ZERO)
     }
 }
 
@@ -88,18 +109,14 @@ impl Reserved {
     /// that there is none).
     pub(crate) async fn release(mut self) {
         self.released = true;
-        self.admission.give_back(&self.account, self.amount).await;
+        self.admission.give_back(&self.account, self.amount);
     }
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
         if !self.released {
-            let (admission, account, amount) =
-                (self.admission.clone(), self.account.clone(), self.amount);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { admission.give_back(&account, amount).await });
-            }
+            self.admission.give_back(&self.account, self.amount);
         }
     }
 }

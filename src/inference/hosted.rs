@@ -93,8 +93,12 @@ impl Inference {
         let usage = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| Usage::from_json(&v));
+        // Answered as soon as the upstream has: the charge is committed in the writer's
+        // next group commit, tracked (a graceful stop waits for it), and the reservation
+        // stays until it is durable, so admission still counts it. What kill -9 can lose
+        // is the charges of requests answered within the last commit window (README).
         match usage {
-            Some(u) => billing.charge(u, None).await,
+            Some(u) => self.tasks.spawn(billing.charge(u, None)),
             None => billing.reserved.release().await,
         }
         Ok(Answer::Json {

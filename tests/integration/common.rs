@@ -545,7 +545,18 @@ impl Daemon {
     }
 
     /// Every ledger entry of the key's account, newest first.
+    /// Waits until an in-process daemon's background writes (hosted request charges
+    /// are committed just after the answer) have landed; a child's land within its
+    /// next group commit, so it waits a moment.
+    pub async fn settled(&self) {
+        match &self.inproc {
+            Some(p) => p.clock.settle().await.expect("the daemon settles"),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+
     pub async fn ledger(&self, key: &str) -> Vec<Value> {
+        self.settled().await;
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -567,6 +578,7 @@ impl Daemon {
     pub async fn assert_books_balance(&self, key: &str) -> (Usd, Usd, Usd) {
         // Credits and ledger are two requests: while a rental is being metered, read
         // until the credits did not move around the ledger read (one consistent view).
+        self.settled().await;
         let (mut c, mut entries) = (self.get("/v1/credits", key).await, Vec::new());
         for _ in 0..20 {
             entries = self.ledger(key).await;

@@ -113,6 +113,7 @@ pub async fn create_key(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
 
 pub async fn revoke_key(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let k = accounts::revoke_key(&app.store, &app.clock, ctx.param("key_id")?).await?;
+    app.keys.forget(&k.hash);
     Ok((StatusCode::OK, views::api_key(&k, None)))
 }
 

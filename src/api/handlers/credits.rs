@@ -11,12 +11,12 @@ use crate::accounts;
 use crate::error::{Error, Result};
 
 pub async fn balance(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
-    let a = accounts::get_account(&app.store, &ctx.account()?.id).await?;
+    let a = accounts::get_account(&app.store, &ctx.account()?.account_id).await?;
     Ok((StatusCode::OK, views::credits(&a)))
 }
 
 pub async fn ledger(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
-    let account = &ctx.account()?.id;
+    let account = &ctx.account()?.account_id;
     let mut limit = 50;
     let mut before = None;
     for (k, v) in query_pairs(&ctx.query)? {

@@ -37,23 +37,23 @@ pub async fn get_offer(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
 
 pub async fn rent(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let account = ctx.account()?;
-    idempotent(app, &account.id, ctx, |stable| async move {
+    idempotent(app, &account.account_id, ctx, |stable| async move {
         let mut req = parse_rent(ctx)?;
         req.id = stable.map(|s| format!("rnt_{s}"));
-        let r = app.rentals.rent(&account.id, req).await?;
+        let r = app.rentals.rent(&account.account_id, req).await?;
         Ok((StatusCode::CREATED, views::rental(&r)))
     })
     .await
 }
 
 pub async fn list_rentals(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
-    super::list_rentals(app, ctx, Some(&ctx.account()?.id)).await
+    super::list_rentals(app, ctx, Some(&ctx.account()?.account_id)).await
 }
 
 pub async fn get_rental(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let r = app
         .rentals
-        .get(Some(&ctx.account()?.id), ctx.param("id")?)
+        .get(Some(&ctx.account()?.account_id), ctx.param("id")?)
         .await?;
     Ok((StatusCode::OK, views::rental(&r)))
 }
@@ -62,7 +62,7 @@ pub async fn teardown(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let r = app
         .rentals
         .teardown(
-            Some(&ctx.account()?.id),
+            Some(&ctx.account()?.account_id),
             ctx.param("id")?,
             TerminationReason::User,
         )
@@ -73,7 +73,7 @@ pub async fn teardown(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
 pub async fn activity(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let r = app
         .rentals
-        .touch(&ctx.account()?.id, ctx.param("id")?)
+        .touch(&ctx.account()?.account_id, ctx.param("id")?)
         .await?;
     Ok((StatusCode::OK, views::rental(&r)))
 }

@@ -11,7 +11,10 @@ use crate::error::Result;
 use crate::inference::{prefer_wait, Endpoint};
 
 pub async fn list_models(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
-    let v = app.inference.list_models(&ctx.account()?.id).await?;
+    let v = app
+        .inference
+        .list_models(&ctx.account()?.account_id)
+        .await?;
     Ok((StatusCode::OK, v))
 }
 
@@ -19,7 +22,7 @@ pub async fn list_models(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
 pub async fn get_model(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let v = app
         .inference
-        .get_model(&ctx.account()?.id, ctx.param("id")?)
+        .get_model(&ctx.account()?.account_id, ctx.param("id")?)
         .await?;
     Ok((StatusCode::OK, v))
 }
@@ -43,7 +46,12 @@ async fn complete(app: &Arc<App>, ctx: &Ctx, ep: Endpoint) -> Result<Response<Bo
         .iter()
         .filter_map(|v| v.to_str().ok());
     app.inference
-        .handle(&ctx.account()?.id, ep, &ctx.body, prefer_wait(prefer))
+        .handle(
+            &ctx.account()?.account_id,
+            ep,
+            &ctx.body,
+            prefer_wait(prefer),
+        )
         .await
         .map(super::super::answer::render)
 }
