@@ -235,6 +235,9 @@ impl Inference {
         if stream && ep == Endpoint::Embeddings {
             return Err(Error::invalid_param("stream", "embeddings do not stream"));
         }
+        if ep == Endpoint::Embeddings {
+            check_embeddings(&req)?;
+        }
         match self.catalog.get(&model).cloned() {
             None => Err(model_not_found(&model)),
             Some(Model::Hosted(h)) => self.proxy_hosted(account, ep, &h, &mut req, stream).await,
@@ -327,6 +330,37 @@ async fn read_all(r: Upstream) -> Result<(u16, Bytes)> {
     Ok((status, bytes))
 }
 
+/// An embeddings request's `input` and `dimensions` as the OpenAI API takes them:
+/// `input` a string, an array of strings, an array of token ids, or an array of such
+/// arrays (none empty); `dimensions` a positive integer (whether the model has that
+/// many is the model server's to say).
+fn check_embeddings(req: &Value) -> Result<()> {
+    let tokens = |a: &[Value]| !a.is_empty() && a.iter().all(|t| t.as_u64().is_some());
+    let ok = match req.get("input") {
+        Some(Value::String(_)) => true,
+        Some(Value::Array(a)) if !a.is_empty() => {
+            a.iter().all(Value::is_string)
+                || tokens(a)
+                || a.iter().all(|x| x.as_array().is_some_and(|t| tokens(t)))
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(Error::invalid_param(
+            "input",
+            "'input' must be a string, an array of strings, an array of token ids, or an array of arrays of token ids (none empty)",
+        ));
+    }
+    match req.get("dimensions") {
+        None | Some(Value::Null) => Ok(()),
+        Some(d) if d.as_u64().is_some_and(|n| n >= 1) => Ok(()),
+        Some(_) => Err(Error::invalid_param(
+            "dimensions",
+            "'dimensions' must be a positive integer",
+        )),
+    }
+}
+
 /// `Prefer: wait=N` (RFC 7240), among other preferences: the values of every `Prefer`
 /// header of the request.
 pub fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u64> {
@@ -347,6 +381,45 @@ pub fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embeddings_take_every_input_form_of_the_openai_api() {
+        for input in [
+            json!("text"),
+            json!(["a", "b"]),
+            json!([1, 2, 3]),
+            json!([[1, 2], [3]]),
+        ] {
+            assert!(
+                check_embeddings(&json!({"input": input})).is_ok(),
+                "{input}"
+            );
+        }
+        for input in [
+            json!(null),
+            json!([]),
+            json!([[]]),
+            json!([1, "a"]),
+            json!([-1]),
+            json!([1.5]),
+            json!([[1], "a"]),
+            json!({"a": 1}),
+        ] {
+            let e = check_embeddings(&json!({"input": input})).unwrap_err();
+            assert!(
+                matches!(e, Error::Invalid { param: Some(ref p), .. } if p == "input"),
+                "{input}"
+            );
+        }
+        assert!(check_embeddings(&json!({"input": "x", "dimensions": 4})).is_ok());
+        for d in [json!(0), json!(-2), json!(1.5), json!("4")] {
+            let e = check_embeddings(&json!({"input": "x", "dimensions": d})).unwrap_err();
+            assert!(
+                matches!(e, Error::Invalid { param: Some(ref p), .. } if p == "dimensions"),
+                "{d}"
+            );
+        }
+    }
 
     #[test]
     fn prefer_wait_parses_rfc7240() {

@@ -15,6 +15,7 @@ mod providers_mock;
 mod auth_limits;
 mod backup;
 mod cli;
+mod client_json;
 mod in_process;
 mod inference;
 mod inference_upstream;
