@@ -45,8 +45,8 @@ pub use deployments::DEPLOYMENT_KEY_ENV;
 
 /// Largest upstream answer read whole (non-streaming).
 const MAX_UPSTREAM_BODY: usize = 16 * 1024 * 1024;
-/// `Prefer: wait=N` is capped here.
-const MAX_WAIT_SECONDS: u64 = 900;
+/// `Prefer: wait=N` (and `deployments.default_wait_seconds`) is capped here.
+pub const MAX_WAIT_SECONDS: u64 = 900;
 
 #[derive(Clone, Debug)]
 pub struct InferenceConfig {
@@ -90,8 +90,13 @@ pub enum Answer {
         events: SseMeter,
         request_id: String,
     },
-    /// The model is being deployed: ready in about `eta_seconds`.
-    Deploying { model: String, eta_seconds: u64 },
+    /// The model is being deployed: ready in about `eta_seconds`. `stream` says the
+    /// request asked for a stream (which a 202 JSON body would silently end).
+    Deploying {
+        model: String,
+        eta_seconds: u64,
+        stream: bool,
+    },
 }
 
 pub struct Inference {
@@ -264,10 +269,12 @@ impl Inference {
                     Status::Deploying(r) => Ok(Answer::Deploying {
                         model: c.id.clone(),
                         eta_seconds: self.eta(&r),
+                        stream,
                     }),
                     Status::Cold => Ok(Answer::Deploying {
                         model: c.id.clone(),
                         eta_seconds: self.cfg.estimated_deploy_seconds,
+                        stream,
                     }),
                 }
             }

@@ -16,6 +16,7 @@ mod auth_limits;
 mod backup;
 mod cli;
 mod client_json;
+mod cold_wait;
 mod in_process;
 mod inference;
 mod inference_upstream;
