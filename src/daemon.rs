@@ -28,7 +28,7 @@ use crate::notify::Notifier;
 use crate::providers::registry::Registry;
 use crate::rentals::{Rentals, RentalsConfig};
 use crate::sandbox;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 use crate::workers;
 use crate::workers::rentals::Cadence;
@@ -157,9 +157,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", cfg.data_dir.display()))?;
     let addr = cfg.listen_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "cannot listen on {addr}: the address is already in use (another spotd, or another program, listens there); stop it, or choose another address with --listen"
+            )
+        } else {
+            format!("cannot listen on {addr}: {e}")
+        }
+    })?;
     let notifier = Notifier::from_env();
     let daemon = Daemon::open_with(cfg, Clock::system(), notifier, Env::Process).await?;
     daemon.serve(listener, shutdown).await
@@ -238,7 +244,13 @@ impl Daemon {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open the store: {e}"))?;
+        .map_err(|e| match e {
+            StoreError::Locked(_) => format!(
+                "the data dir {} is in use by another spotd (its database is locked); stop that spotd, or choose another --data-dir",
+                data_dir.display()
+            ),
+            e => format!("cannot open the store: {e}"),
+        })?;
         let mut sandbox_handle = None;
         match build(&cfg, &store, &mut sandbox_handle, &clock, &env).await {
             Ok(parts) => Ok(Daemon {

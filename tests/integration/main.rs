@@ -15,6 +15,8 @@ mod providers_mock;
 mod auth_limits;
 mod backup;
 mod cli;
+mod cli_lists;
+mod cli_rent;
 mod client_json;
 mod cold_wait;
 mod in_process;
