@@ -125,7 +125,9 @@ impl Node {
             let mut daemon = loop {
                 match Daemon::open(cfg.clone(), clock.clone()).await {
                     Ok(d) => break d,
-                    Err(e) if tries < 200 && e.contains("already open") => {
+                    // The crashed incarnation's store closes on its own thread: its
+                    // lock goes a moment later ("the data dir ... is in use ...").
+                    Err(e) if tries < 200 && e.contains("its database is locked") => {
                         tries += 1;
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
