@@ -171,6 +171,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
     daemon.serve(listener, shutdown).await
 }
 
+/// Part of the error of a start on a data dir another spotd (or a crashed incarnation
+/// whose store is still closing) holds.
+pub(crate) const DATA_DIR_LOCKED: &str = "its database is locked";
+
 /// How often the rental workers run (the metering interval is a config key).
 const CADENCE: Cadence = Cadence {
     sync: Duration::from_secs(1),
@@ -246,7 +250,7 @@ impl Daemon {
         .map_err(|e| e.to_string())?
         .map_err(|e| match e {
             StoreError::Locked(_) => format!(
-                "the data dir {} is in use by another spotd (its database is locked); stop that spotd, or choose another --data-dir",
+                "the data dir {} is in use by another spotd ({DATA_DIR_LOCKED}); stop that spotd, or choose another --data-dir",
                 data_dir.display()
             ),
             e => format!("cannot open the store: {e}"),

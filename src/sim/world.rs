@@ -127,7 +127,7 @@ impl Node {
                     Ok(d) => break d,
                     // The crashed incarnation's store closes on its own thread: its
                     // lock goes a moment later ("the data dir ... is in use ...").
-                    Err(e) if tries < 200 && e.contains("its database is locked") => {
+                    Err(e) if tries < 200 && e.contains(crate::daemon::DATA_DIR_LOCKED) => {
                         tries += 1;
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
