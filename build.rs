@@ -1,4 +1,7 @@
-//! Embeds the git commit in the binary for `spotd --version`.
+//! Embeds the git commit in the binary for `spotd --version`, and finds out whether
+//! the Python SDK tests can run here (cfg `spotd_sdk`: python3 imports `openai` and
+//! `langchain_openai`); without it they are compiled `#[ignore]`d with the reason, so
+//! `cargo test` reports them as ignored rather than as passed.
 //!
 //! `SPOTD_GIT_COMMIT` set at build time wins (packagers building from a tarball);
 //! otherwise `git rev-parse --short HEAD`; otherwise "unknown". Cargo reruns this when
@@ -36,4 +39,14 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=SPOTD_GIT_COMMIT={}", commit.trim());
+
+    println!("cargo::rustc-check-cfg=cfg(spotd_sdk)");
+    println!("cargo:rerun-if-env-changed=SPOTD_SDK_RECHECK");
+    let sdk = Command::new("python3")
+        .args(["-c", "import openai, langchain_openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if sdk {
+        println!("cargo:rustc-cfg=spotd_sdk");
+    }
 }

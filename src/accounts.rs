@@ -38,7 +38,8 @@ fn issue_key_with_id(tx: &Tx<'_>, account_id: &str, id: String, now: i64) -> Res
 
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     let n = name.trim();
-    if n.is_empty() || n.len() > 100 {
+    // Characters, not bytes: "東京チーム" is 5 of them.
+    if n.is_empty() || n.chars().count() > 100 {
         return Err(Error::invalid_param(
             "name",
             "name must be 1 to 100 characters",

@@ -14,14 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ServeFlags};
 
+mod admin;
 mod backup;
 mod client;
+mod commands;
 mod healthcheck;
 mod logging;
+mod pages;
 mod prices;
 mod table;
 
-pub use client::{admin_token, api_key, base_url, data_dir, offers_query, query};
+pub use admin::{AccountCommand, AdminCommand};
+pub use client::{admin_token, api_key, base_url, data_dir, query};
+pub use commands::offers_query;
 pub use logging::LogFormat;
 
 /// `spotd --version`: the crate version and the git commit it was built from.
@@ -40,8 +45,17 @@ const EXIT_CONFIG: u8 = 2;
 /// How long spawned tasks get to finish once `run` has returned.
 const RUNTIME_DRAIN: Duration = Duration::from_secs(5);
 
+/// Shown under every `--help`: where the client commands find the daemon and a key.
+const ENVIRONMENT_HELP: &str = "\
+Client commands find the daemon and their key in this order:
+  --url URL, else SPOTD_URL, else DATA_DIR/spotd.addr, else http://127.0.0.1:8088
+  SPOTD_API_KEY, else DATA_DIR/demo.key            (offers, rent, rentals, stop, credits)
+  SPOTD_ADMIN_TOKEN, else DATA_DIR/admin.token     (admin ...)
+  DATA_DIR is --data-dir, else SPOTD_DATA_DIR, else ./spotd-data";
+
 #[derive(Parser, Debug)]
-#[command(name = "spotd", version = VERSION, about = "A self-hosted GPU spot marketplace")]
+#[command(name = "spotd", version = VERSION, about = "A self-hosted GPU spot marketplace",
+          after_help = ENVIRONMENT_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -54,19 +68,25 @@ pub enum Command {
     /// Run the simulated clouds as their own process.
     SandboxCloud(SandboxCloudArgs),
     /// List GPU offers.
-    Offers(client::OffersArgs),
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Offers(commands::OffersArgs),
     /// Price history of a GPU model: a table and a sparkline per series.
+    #[command(after_help = ENVIRONMENT_HELP)]
     Prices(prices::PricesArgs),
-    /// Rent a GPU: an offer by id, or the cheapest match for --gpu.
-    Rent(client::RentArgs),
+    /// Rent a GPU: an offer by id, or the cheapest match for --gpu (--wait: until it runs).
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Rent(commands::RentArgs),
     /// List your rentals.
-    Rentals(client::RentalsArgs),
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Rentals(commands::RentalsArgs),
     /// Tear a rental down.
-    Stop(client::StopArgs),
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Stop(commands::StopArgs),
     /// Show your credit balance (or the ledger with --ledger).
-    Credits(client::CreditsArgs),
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Credits(commands::CreditsArgs),
     /// Administration (needs the admin token).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = ENVIRONMENT_HELP)]
     Admin(AdminCommand),
     /// Configuration helpers.
     #[command(subcommand)]
@@ -134,25 +154,6 @@ pub fn install_config() -> String {
     out
 }
 
-#[derive(Subcommand, Debug)]
-pub enum AdminCommand {
-    /// Manage accounts.
-    #[command(subcommand)]
-    Account(AccountCommand),
-    /// Add credit to an account: `spotd admin credit ACCOUNT_ID USD` (a negative amount
-    /// deducts, down to what the account has available).
-    Credit(client::AdminCreditArgs),
-    /// Save a consistent snapshot of the running daemon's database to FILE
-    /// (GET /admin/v1/backup); the daemon keeps serving meanwhile.
-    Backup(backup::BackupArgs),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AccountCommand {
-    /// Create an account with initial credit; prints its API key once.
-    Create(client::AccountCreateArgs),
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one [env: SPOTD_LISTEN].
@@ -174,6 +175,7 @@ pub struct ServeArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SandboxCloudArgs {
+    /// Address to listen on (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub listen: String,
     /// Where the clouds keep their instances.
@@ -182,6 +184,7 @@ pub struct SandboxCloudArgs {
     /// Read the [sandbox] section of this file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log format on stderr [env: SPOTD_LOG_FORMAT].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
 }
@@ -398,17 +401,13 @@ fn run_client(cmd: Command, env: &[(String, String)]) -> ExitCode {
     };
     let result = rt.block_on(async {
         match cmd {
-            Command::Offers(a) => client::offers(a, env).await,
+            Command::Offers(a) => commands::offers(a, env).await,
             Command::Prices(a) => prices::run(a, env).await,
-            Command::Rent(a) => client::rent(a, env).await,
-            Command::Rentals(a) => client::rentals(a, env).await,
-            Command::Stop(a) => client::stop(a, env).await,
-            Command::Credits(a) => client::credits(a, env).await,
-            Command::Admin(AdminCommand::Account(AccountCommand::Create(a))) => {
-                client::account_create(a, env).await
-            }
-            Command::Admin(AdminCommand::Credit(a)) => client::admin_credit(a, env).await,
-            Command::Admin(AdminCommand::Backup(a)) => backup::backup(a, env).await,
+            Command::Rent(a) => commands::rent(a, env).await,
+            Command::Rentals(a) => commands::rentals(a, env).await,
+            Command::Stop(a) => commands::stop(a, env).await,
+            Command::Credits(a) => commands::credits(a, env).await,
+            Command::Admin(a) => admin::run(a, env).await,
             Command::Healthcheck(a) => healthcheck::run(a, env).await.map(|m| println!("{m}")),
             Command::Serve(_)
             | Command::SandboxCloud(_)
@@ -434,6 +433,55 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every flag and argument of every subcommand says what it is for in `--help`.
+    #[test]
+    fn every_flag_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "spotd", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn client_help_names_the_url_flag_and_the_environment() {
+        for sub in ["offers", "rent", "rentals", "credits", "admin"] {
+            let mut cmd = Cli::command();
+            let help = cmd
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string();
+            for needle in ["SPOTD_URL", "SPOTD_API_KEY", "SPOTD_ADMIN_TOKEN"] {
+                assert!(
+                    help.contains(needle),
+                    "{sub} --help lacks {needle}:\n{help}"
+                );
+            }
+            if sub != "admin" {
+                assert!(
+                    help.contains("--url <URL>"),
+                    "{sub} --help lacks --url:\n{help}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct Deployments {
     /// An upstream or deployment that sends no response headers within this many
     /// seconds gets a 504.
     pub upstream_timeout_seconds: u64,
+    /// `Prefer: wait=N` for requests to cold or deploying models that send no `Prefer`
+    /// header (SPEC section 10): tools that cannot set headers get a 200 once the model
+    /// is ready. 0 (the default) keeps the 202.
+    pub default_wait_seconds: u64,
 }
 
 impl Default for Deployments {
@@ -119,6 +123,7 @@ impl Default for Deployments {
             idle_timeout_seconds: 900,
             provision_timeout_seconds: 900,
             upstream_timeout_seconds: 120,
+            default_wait_seconds: 0,
         }
     }
 }

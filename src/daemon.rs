@@ -28,7 +28,7 @@ use crate::notify::Notifier;
 use crate::providers::registry::Registry;
 use crate::rentals::{Rentals, RentalsConfig};
 use crate::sandbox;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 use crate::workers;
 use crate::workers::rentals::Cadence;
@@ -157,13 +157,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), String>
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", cfg.data_dir.display()))?;
     let addr = cfg.listen_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "cannot listen on {addr}: the address is already in use (another spotd, or another program, listens there); stop it, or choose another address with --listen"
+            )
+        } else {
+            format!("cannot listen on {addr}: {e}")
+        }
+    })?;
     let notifier = Notifier::from_env();
     let daemon = Daemon::open_with(cfg, Clock::system(), notifier, Env::Process).await?;
     daemon.serve(listener, shutdown).await
 }
+
+/// Part of the error of a start on a data dir another spotd (or a crashed incarnation
+/// whose store is still closing) holds.
+pub(crate) const DATA_DIR_LOCKED: &str = "its database is locked";
 
 /// How often the rental workers run (the metering interval is a config key).
 const CADENCE: Cadence = Cadence {
@@ -238,7 +248,13 @@ impl Daemon {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open the store: {e}"))?;
+        .map_err(|e| match e {
+            StoreError::Locked(_) => format!(
+                "the data dir {} is in use by another spotd ({DATA_DIR_LOCKED}); stop that spotd, or choose another --data-dir",
+                data_dir.display()
+            ),
+            e => format!("cannot open the store: {e}"),
+        })?;
         let mut sandbox_handle = None;
         match build(&cfg, &store, &mut sandbox_handle, &clock, &env).await {
             Ok(parts) => Ok(Daemon {

@@ -31,6 +31,17 @@ pub enum Error {
     /// Unknown, or another account's (the two are not told apart).
     #[error("{0}")]
     NotFound(String),
+    /// A rent named an offer id that no provider ever offered (a typo, a made-up id);
+    /// an offer that was offered and is gone is a [`Error::Conflict`].
+    #[error("{0}")]
+    OfferNotFound(String),
+    /// The path is a route's, the method is not: `allow` lists the methods it has.
+    #[error("{method} is not allowed on {path}; allowed: {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
     /// The request collides with the state of things: offer gone, price moved, already
     /// terminated, a limit reached. `code` says which, for clients to branch on.
     #[error("{message}")]

@@ -27,6 +27,8 @@ pub enum MoneyError {
     Invalid(String),
     #[error("'{0}' is out of range")]
     OutOfRange(String),
+    #[error("'{0}' has more than 6 decimals: spotd counts money in whole micro-dollars (0.000001 USD) and does not round an amount it is given")]
+    TooPrecise(String),
 }
 
 impl Usd {
@@ -60,9 +62,10 @@ impl Usd {
         Usd(self.0.max(o.0))
     }
 
-    /// Parses a decimal like `"2.5"`, `"-0.000001"`, `"100"`, `"1e2"` is rejected.
-    /// More than 6 decimals is an error rather than a silent rounding.
-    /// Amounts are limited to +-1e12 USD so every product in `prorate` fits.
+    /// Parses a decimal like `"2.5"`, `"-0.000001"`, `"100"`, or one in exponent form as
+    /// JSON encoders write small and large floats (`"5e-05"`, Python's text for
+    /// 0.00005; `"1.5E+2"`). More than 6 decimals is an error rather than a silent
+    /// rounding. Amounts are limited to +-1e12 USD so every product in `prorate` fits.
     pub fn parse(s: &str) -> Result<Usd, MoneyError> {
         let t = s.trim();
         let bad = || MoneyError::Invalid(s.to_string());
@@ -70,9 +73,25 @@ impl Usd {
             Some(r) => (true, r),
             None => (false, t.strip_prefix('+').unwrap_or(t)),
         };
-        let (int, frac) = match body.split_once('.') {
+        let (mantissa, exp) = match body.split_once(['e', 'E']) {
+            Some((m, e)) => {
+                let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+                // A longer exponent is never an amount of money (and would make the
+                // shifted text below as long as it says).
+                if digits.is_empty()
+                    || digits.len() > 3
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(bad());
+                }
+                let n: i32 = digits.parse().map_err(|_| bad())?;
+                (m, if e.starts_with('-') { -n } else { n })
+            }
+            None => (body, 0),
+        };
+        let (int, frac) = match mantissa.split_once('.') {
             Some((i, f)) => (i, f),
-            None => (body, ""),
+            None => (mantissa, ""),
         };
         if int.is_empty() && frac.is_empty() {
             return Err(bad());
@@ -80,12 +99,32 @@ impl Usd {
         if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
-        if body.contains('.') && frac.is_empty() && int.is_empty() {
-            return Err(bad());
-        }
+        // Move the decimal point `exp` places: `5e-05` is `0.00005`.
+        let shifted;
+        let (int, frac) = if exp == 0 {
+            (int, frac)
+        } else {
+            let digits = format!("{int}{frac}");
+            let point = int.len() as i64 + i64::from(exp);
+            shifted = if point <= 0 {
+                (
+                    String::new(),
+                    format!("{}{digits}", "0".repeat((-point) as usize)),
+                )
+            } else if point as usize >= digits.len() {
+                (
+                    format!("{digits}{}", "0".repeat(point as usize - digits.len())),
+                    String::new(),
+                )
+            } else {
+                let (i, f) = digits.split_at(point as usize);
+                (i.to_string(), f.to_string())
+            };
+            (shifted.0.as_str(), shifted.1.as_str())
+        };
         let frac_trimmed = frac.trim_end_matches('0');
         if frac_trimmed.len() > 6 {
-            return Err(bad());
+            return Err(MoneyError::TooPrecise(s.to_string()));
         }
         let int_digits = int.trim_start_matches('0');
         if int_digits.len() > 12 {
@@ -260,8 +299,15 @@ mod tests {
             "",
             "abc",
             "1.2.3",
-            "1e3",
             "0.0000001",
+            "1e-07",
+            "1.5e-6",
+            "1e",
+            "1e+",
+            "e5",
+            "1e1000",
+            "1e12",
+            "1e5.5",
             "1,5",
             "-",
             ".",
@@ -270,6 +316,31 @@ mod tests {
         ] {
             assert!(Usd::parse(s).is_err(), "{s} should fail");
         }
+    }
+
+    #[test]
+    fn exponent_form_is_exact_or_refused() {
+        for (s, m) in [
+            ("5e-05", 50),
+            ("5E-05", 50),
+            ("1e-6", 1),
+            ("1.5e2", 150_000_000),
+            ("1.5E+2", 150_000_000),
+            ("2.5e0", 2_500_000),
+            ("-1.25e-3", -1_250),
+            ("0.00012e1", 1_200),
+            ("123.456e-3", 123_456),
+            ("1e3", 1_000_000_000),
+        ] {
+            assert_eq!(Usd::parse(s), Ok(Usd(m)), "{s}");
+        }
+        // Past the micro-dollar: refused, and the message says why.
+        let e = Usd::parse("1e-07").unwrap_err();
+        assert_eq!(e, MoneyError::TooPrecise("1e-07".into()));
+        assert!(e.to_string().contains("more than 6 decimals"), "{e}");
+        // What Python's json.dumps writes for 0.00005 reaches spotd as this text.
+        let v: serde_json::Value = serde_json::from_str(r#"{"a": 5e-05}"#).unwrap();
+        assert_eq!(Usd::from_json(&v["a"]), Ok(Usd(50)));
     }
 
     #[test]

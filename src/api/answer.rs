@@ -35,7 +35,16 @@ pub fn render(a: Answer) -> Response<Body> {
             h.insert("cache-control", HeaderValue::from_static("no-cache"));
             with_request_id(r, &request_id)
         }
-        Answer::Deploying { model, eta_seconds } => deploying(&model, eta_seconds),
+        Answer::Deploying {
+            model,
+            eta_seconds,
+            stream: false,
+        } => deploying(&model, eta_seconds),
+        Answer::Deploying {
+            model,
+            eta_seconds,
+            stream: true,
+        } => not_ready_for_a_stream(&model, eta_seconds),
     }
 }
 
@@ -60,14 +69,39 @@ fn raw_json(status: StatusCode, bytes: Bytes) -> Response<Body> {
 
 /// 202 + Retry-After + the body of SPEC section 3.
 fn deploying(model: &str, eta: u64) -> Response<Body> {
-    let minutes = eta.div_ceil(60).max(1);
     let v = json!({
         "status": "deploying",
-        "message": format!("Model '{model}' is being deployed on a spot GPU. Estimated ready in ~{minutes} minute{}.", if minutes == 1 { "" } else { "s" }),
+        "message": ready_in(model, eta),
         "type": "model_deploying",
         "estimated_ready_seconds": eta,
     });
     let mut r = raw_json(StatusCode::ACCEPTED, Bytes::from(v.to_string()));
+    if let Ok(h) = HeaderValue::from_str(&eta.to_string()) {
+        r.headers_mut().insert(RETRY_AFTER, h);
+    }
+    r
+}
+
+fn ready_in(model: &str, eta: u64) -> String {
+    let minutes = eta.div_ceil(60).max(1);
+    format!(
+        "Model '{model}' is being deployed on a spot GPU. Estimated ready in ~{minutes} minute{}.",
+        if minutes == 1 { "" } else { "s" }
+    )
+}
+
+/// A streamed request to a model that is not ready yet: a 202 JSON body would end the
+/// SDKs' event iterators with no event and no error, so it is a 503 + Retry-After with
+/// an OpenAI error instead, which the SDKs raise (after their own retries, which honour
+/// Retry-After).
+fn not_ready_for_a_stream(model: &str, eta: u64) -> Response<Body> {
+    let v = json!({"error": {
+        "message": format!("{} Retry after {eta} s, or send 'Prefer: wait=N' to hold the request until it is ready.", ready_in(model, eta)),
+        "type": "service_unavailable",
+        "code": "model_deploying",
+        "param": null,
+    }});
+    let mut r = raw_json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(v.to_string()));
     if let Ok(h) = HeaderValue::from_str(&eta.to_string()) {
         r.headers_mut().insert(RETRY_AFTER, h);
     }
@@ -83,6 +117,7 @@ mod tests {
         let r = render(Answer::Deploying {
             model: "m".into(),
             eta_seconds: 300,
+            stream: false,
         });
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         assert_eq!(r.headers()[RETRY_AFTER], "300");
@@ -92,6 +127,25 @@ mod tests {
         assert_eq!(v["type"], "model_deploying");
         assert_eq!(v["estimated_ready_seconds"], 300);
         assert_eq!(v["status"], "deploying");
+    }
+
+    #[tokio::test]
+    async fn a_stream_to_a_deploying_model_is_a_503_error_not_an_empty_success() {
+        let r = render(Answer::Deploying {
+            model: "m".into(),
+            eta_seconds: 60,
+            stream: true,
+        });
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "60");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "model_deploying");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("~1 minute."));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct Parts {
     pub status: StatusCode,
     pub body: serde_json::Value,
     pub retry_after: Option<u64>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<String>,
 }
 
 /// The message of every 500: the cause is in the log, never in the answer.
@@ -45,6 +47,16 @@ fn classify(e: &Error) -> (StatusCode, &'static str, &'static str) {
             "insufficient_credit",
         ),
         Error::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
+        Error::OfferNotFound(_) => (
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "offer_not_found",
+        ),
+        Error::MethodNotAllowed { .. } => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+        ),
         Error::Conflict { code, .. } => (StatusCode::CONFLICT, "invalid_request_error", code),
         Error::TooLarge { .. } => (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -112,10 +124,15 @@ pub fn to_parts(e: &Error) -> Parts {
         Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
         _ => None,
     };
+    let allow = match e {
+        Error::MethodNotAllowed { allow, .. } => Some(allow.clone()),
+        _ => None,
+    };
     Parts {
         status,
         body: json!({"error": {"message": message, "type": kind, "code": code, "param": param}}),
         retry_after,
+        allow,
     }
 }
 
@@ -190,6 +207,30 @@ mod tests {
                     "no rental with id 'x'",
                     "invalid_request_error",
                     "not_found",
+                    None,
+                ),
+            ),
+            (
+                Error::OfferNotFound("no offer with id 'vast:x'".into()),
+                404,
+                body(
+                    "no offer with id 'vast:x'",
+                    "invalid_request_error",
+                    "offer_not_found",
+                    None,
+                ),
+            ),
+            (
+                Error::MethodNotAllowed {
+                    method: "PUT".into(),
+                    path: "/v1/credits".into(),
+                    allow: "GET, HEAD".into(),
+                },
+                405,
+                body(
+                    "PUT is not allowed on /v1/credits; allowed: GET, HEAD",
+                    "invalid_request_error",
+                    "method_not_allowed",
                     None,
                 ),
             ),

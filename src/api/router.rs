@@ -130,10 +130,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Authenticates as the route's access asks, reads the body if the route reads one,
-/// and runs the route's handler. A request no route serves is a 404 (there is no 405):
-/// a known path with another method is authenticated as its route is, any other path
-/// as its area is ([`routes::area`]); a public one hears 404 at once, the others once
-/// the caller has proved who they are and the body has passed its size check.
+/// and runs the route's handler. A known path with another method is a 405 with an
+/// `Allow` header, once the caller has proved who its route wants (at once for a
+/// public path); any other path is a 404, authenticated as its area is
+/// ([`routes::area`]): a public one hears it at once, the others once the caller has
+/// proved who they are and the body has passed its size check (so paths cannot be
+/// probed without credentials).
 async fn dispatch(
     app: &Arc<App>,
     req: Request<Incoming>,
@@ -142,7 +144,16 @@ async fn dispatch(
 ) -> Result<Response<Body>> {
     let (route, params, access) = match lookup {
         Lookup::Found(r, params) => (Some(r), params, r.access),
-        Lookup::OtherMethod(r) => (None, Params::default(), r.access),
+        Lookup::OtherMethod(r) => {
+            if r.access != Access::Public {
+                authenticate(app, req.headers(), r.access == Access::Admin).await?;
+            }
+            return Err(Error::MethodNotAllowed {
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+                allow: routes::allowed(&segs),
+            });
+        }
         Lookup::NoRoute => (None, Params::default(), routes::area(&segs)),
     };
     let caller = match access {
@@ -197,6 +208,11 @@ pub fn error_response(e: &Error) -> Response<Body> {
     if let Some(s) = p.retry_after {
         if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
             r.headers_mut().insert(RETRY_AFTER, v);
+        }
+    }
+    if let Some(allow) = p.allow {
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            r.headers_mut().insert(hyper::header::ALLOW, v);
         }
     }
     r

@@ -331,7 +331,9 @@ impl Lookup {
 }
 
 /// Finds the route of `method` and `segs` (the decoded, non-empty path segments).
+/// `HEAD` is served by the `GET` route of the path (its answer without the body).
 pub(crate) fn find(method: &str, segs: &[String]) -> Lookup {
+    let method = if method == "HEAD" { "GET" } else { method };
     let mut other_method = None;
     for r in ROUTES {
         if walk(r, segs, |_, _| {}) {
@@ -344,6 +346,21 @@ pub(crate) fn find(method: &str, segs: &[String]) -> Lookup {
         }
     }
     other_method.map_or(Lookup::NoRoute, Lookup::OtherMethod)
+}
+
+/// The `Allow` header of a path: the methods of every route it matches, `HEAD` with
+/// `GET`.
+pub(crate) fn allowed(segs: &[String]) -> String {
+    let mut methods: Vec<&str> = Vec::new();
+    for r in ROUTES.iter().filter(|r| walk(r, segs, |_, _| {})) {
+        if !methods.contains(&r.method) {
+            methods.push(r.method);
+            if r.method == "GET" {
+                methods.push("HEAD");
+            }
+        }
+    }
+    methods.join(", ")
 }
 
 /// Whether `segs` is a path of `r`; each parameter is reported with the segments it
@@ -478,6 +495,7 @@ mod tests {
             "/admin/v1/keys/{key_id}"
         );
         assert_eq!(label("PUT", "/v1/credits"), "/v1/credits");
+        assert_eq!(label("HEAD", "/healthz"), "/healthz");
         assert_eq!(label("GET", "/v1/nope/rnt_1"), UNMATCHED);
         assert_eq!(label("GET", "/v1/gpus/rentals/a/b/c"), UNMATCHED);
         assert_eq!(label("GET", "/"), UNMATCHED);
@@ -507,6 +525,21 @@ mod tests {
         // `/v1/models/` is the list.
         assert_eq!(label("GET", "/v1/models/"), "/v1/models");
         assert_eq!(label("DELETE", "/v1/models/a/b"), "/v1/models/{id}");
+    }
+
+    #[test]
+    fn head_is_get_and_allow_lists_every_method_of_a_path() {
+        assert!(
+            matches!(find("HEAD", &segs("/healthz")), Lookup::Found(r, _) if r.method == "GET")
+        );
+        assert_eq!(allowed(&segs("/healthz")), "GET, HEAD");
+        assert_eq!(allowed(&segs("/v1/gpus/rentals")), "POST, GET, HEAD");
+        assert_eq!(
+            allowed(&segs("/v1/gpus/rentals/rnt_1")),
+            "GET, HEAD, DELETE"
+        );
+        assert_eq!(allowed(&segs("/v1/chat/completions")), "POST");
+        assert_eq!(allowed(&segs("/nope")), "");
     }
 
     #[test]

@@ -7,7 +7,11 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::cli::admin::{credit_amount, find_api_key};
+use crate::cli::commands::{offers_query, rent_body};
 use crate::cli::{AccountCommand, AdminCommand, Cli, Command};
+use crate::money::Usd;
+use serde_json::json;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -69,7 +73,7 @@ fn missing_key_is_reported_before_any_call() {
     let dir = tempfile::tempdir().unwrap();
     let opts = ClientOpts {
         data_dir: Some(dir.path().to_path_buf()),
-        json: false,
+        ..ClientOpts::default()
     };
     let err = Client::new(&opts, &[], Auth::User).err().unwrap();
     assert!(err.contains("SPOTD_API_KEY"), "{err}");
@@ -176,6 +180,32 @@ fn admin_commands_parse_money_exactly() {
     };
     assert_eq!(a.amount, Usd(-5_000_000));
     assert_eq!(a.note.as_deref(), Some("refund"));
+    // A negative amount is refused before any call; --debit takes credit back.
+    let err = credit_amount(a.amount, a.debit).unwrap_err();
+    assert!(err.contains("--debit") && err.contains("$5.00"), "{err}");
+    let Command::Admin(AdminCommand::Credit(a)) =
+        parse(&["admin", "credit", "acct_1", "5", "--debit"])
+    else {
+        panic!("not credit");
+    };
+    assert_eq!(credit_amount(a.amount, a.debit), Ok(Usd(-5_000_000)));
+    assert_eq!(credit_amount(Usd(5), false), Ok(Usd(5)));
+    assert!(credit_amount(Usd::ZERO, false).is_err());
+}
+
+#[test]
+fn the_url_flag_comes_before_spotd_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(&[("SPOTD_URL", "http://10.9.9.9:1"), ("SPOTD_API_KEY", "k")]);
+    let opts = ClientOpts {
+        url: Some("127.0.0.1:4000/".into()),
+        data_dir: Some(dir.path().to_path_buf()),
+        json: false,
+    };
+    let c = Client::new(&opts, &e, Auth::User).unwrap();
+    assert_eq!(c.base, "http://127.0.0.1:4000");
+    let c = Client::new(&ClientOpts { url: None, ..opts }, &e, Auth::User).unwrap();
+    assert_eq!(c.base, "http://10.9.9.9:1");
 }
 
 #[test]

@@ -35,6 +35,7 @@ pub struct PricesArgs {
     /// One provider's prices; without it, every provider's together.
     #[arg(long)]
     pub provider: Option<String>,
+    /// The length of one row and one sparkline bar: an hour or a day.
     #[arg(long, default_value = "1h", value_parser = ["1h", "1d"])]
     pub interval: String,
     #[command(flatten)]
@@ -78,15 +79,15 @@ fn series_of(r: &Value) -> (String, String, String) {
 
 /// The table of every row, then one sparkline line per series.
 pub fn render(rows: &[Value]) -> String {
-    use Align::{Left as L, Right as R};
+    use Align::{Left as L, Money as M, Right as R};
     let mut t = Table::new(&[
-        ("START", L),
+        ("START (UTC)", L),
         ("GPU", L),
         ("PROVIDER", L),
         ("TYPE", L),
-        ("MIN", R),
-        ("MEDIAN", R),
-        ("MAX", R),
+        ("MIN", M),
+        ("MEDIAN", M),
+        ("MAX", M),
         ("OFFERS", R),
         ("AVAIL", R),
     ]);
@@ -94,7 +95,7 @@ pub fn render(rows: &[Value]) -> String {
     for r in rows {
         let key = series_of(r);
         t.row(vec![
-            table::text(&r["start"]),
+            table::when(&r["start"]),
             key.0.clone(),
             key.1.clone(),
             key.2.clone(),
@@ -168,7 +169,13 @@ pub async fn run(a: PricesArgs, env: &[(String, String)]) -> Result<(), String> 
             }
         }
     }
-    if !c.json {
+    // --json: every row fetched as one list (the cursor of the rest if it stopped short).
+    let all = serde_json::json!({
+        "object": "list",
+        "data": rows,
+        "next_cursor": cursor.filter(|_| more),
+    });
+    if !c.printed_json(&all) {
         if rows.is_empty() {
             println!("no price history matches (history is recorded at each offer refresh)");
         } else {

@@ -1,8 +1,11 @@
 //! Plain-text tables and value formatting for the client subcommands' human output.
 //!
-//! Columns are sized to their widest cell; numbers are right-aligned so decimal
-//! columns line up. Values come from API JSON, so every accessor tolerates a missing
-//! or oddly typed field by printing `-` instead of failing.
+//! Columns are sized to their widest cell; numbers are right-aligned, and money
+//! columns ([`Align::Money`]) give every amount the same number of decimals (the most
+//! any of them needs, at least two: exact, never rounded), so their decimal points line
+//! up. Times are shown short: `2026-12-01 14:03:07`, UTC. Values come from API JSON, so
+//! every accessor tolerates a missing or oddly typed field by printing `-` instead of
+//! failing.
 
 use serde_json::Value;
 
@@ -12,6 +15,18 @@ use crate::money::Usd;
 pub enum Align {
     Left,
     Right,
+    /// Right-aligned, amounts padded with zeros to the column's most decimals.
+    Money,
+}
+
+/// `2.5` -> (`2`, `5`) for an exact decimal cell; `None` for `-` and other text.
+fn decimal_parts(cell: &str) -> Option<(&str, &str)> {
+    let digits = cell.strip_prefix('-').unwrap_or(cell);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    (!int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit()))
+    .then_some((int, frac))
 }
 
 pub struct Table {
@@ -35,16 +50,37 @@ impl Table {
 
     /// Two spaces between columns, no trailing spaces, one line per row.
     pub fn render(&self) -> String {
+        let mut rows = self.rows.clone();
+        for (i, (_, align)) in self.headers.iter().enumerate() {
+            if *align != Align::Money {
+                continue;
+            }
+            let decimals = rows
+                .iter()
+                .filter_map(|r| decimal_parts(&r[i]).map(|(_, f)| f.len()))
+                .max()
+                .unwrap_or(0)
+                .max(2);
+            for r in &mut rows {
+                if let Some((_, frac)) = decimal_parts(&r[i]) {
+                    let pad = decimals - frac.len();
+                    if frac.is_empty() {
+                        r[i].push('.');
+                    }
+                    r[i].extend(std::iter::repeat_n('0', pad));
+                }
+            }
+        }
         let width = |s: &str| s.chars().count();
         let mut widths: Vec<usize> = self.headers.iter().map(|(h, _)| width(h)).collect();
-        for row in &self.rows {
+        for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(width(cell));
             }
         }
         let mut out = String::new();
         let header: Vec<String> = self.headers.iter().map(|(h, _)| h.to_string()).collect();
-        for row in std::iter::once(&header).chain(&self.rows) {
+        for row in std::iter::once(&header).chain(&rows) {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
                 let pad = widths[i] - width(cell);
@@ -56,7 +92,7 @@ impl Table {
                         line.push_str(cell);
                         line.extend(std::iter::repeat_n(' ', pad));
                     }
-                    Align::Right => {
+                    Align::Right | Align::Money => {
                         line.extend(std::iter::repeat_n(' ', pad));
                         line.push_str(cell);
                     }
@@ -83,6 +119,16 @@ pub fn usd_text(u: Usd) -> String {
         None => format!("{s}.00"),
         Some((_, frac)) if frac.len() == 1 => format!("{s}0"),
         Some(_) => s,
+    }
+}
+
+/// An RFC 3339 time as `2026-12-01 14:03:07` (UTC, to the second); other text as is.
+pub fn when(v: &Value) -> String {
+    match v.as_str() {
+        Some(t) if t.len() >= 19 && t.as_bytes()[10] == b'T' => {
+            format!("{} {}", &t[..10], &t[11..19])
+        }
+        _ => text(v),
     }
 }
 
@@ -118,15 +164,15 @@ pub fn list_items(v: &Value) -> &[Value] {
 }
 
 pub fn offers_table(items: &[Value]) -> String {
-    use Align::{Left as L, Right as R};
+    use Align::{Left as L, Money as M, Right as R};
     let mut t = Table::new(&[
         ("ID", L),
         ("GPU", L),
         ("N", R),
         ("VRAM", R),
         ("REGION", L),
-        ("$/H", R),
-        ("$/GPU-H", R),
+        ("$/H", M),
+        ("$/GPU-H", M),
         ("SPOT", L),
         ("REL", R),
         ("AVAIL", R),
@@ -151,16 +197,16 @@ pub fn offers_table(items: &[Value]) -> String {
 }
 
 pub fn rentals_table(items: &[Value]) -> String {
-    use Align::{Left as L, Right as R};
+    use Align::{Left as L, Money as M};
     let mut t = Table::new(&[
         ("ID", L),
         ("STATE", L),
         ("GPU", L),
         ("PROVIDER", L),
-        ("$/H", R),
-        ("COST", R),
+        ("$/H", M),
+        ("COST", M),
         ("MODEL", L),
-        ("CREATED", L),
+        ("CREATED (UTC)", L),
     ]);
     let null = Value::Null;
     for r in items {
@@ -177,21 +223,21 @@ pub fn rentals_table(items: &[Value]) -> String {
                 Value::Null => "-".into(),
                 v => text(v),
             },
-            text(f("created_at")),
+            when(f("created_at")),
         ]);
     }
     t.render()
 }
 
 pub fn ledger_table(items: &[Value]) -> String {
-    use Align::{Left as L, Right as R};
+    use Align::{Left as L, Money as M};
     let mut t = Table::new(&[
         ("ID", L),
-        ("AT", L),
+        ("AT (UTC)", L),
         ("KIND", L),
-        ("AMOUNT", R),
-        ("HOLD", R),
-        ("BALANCE", R),
+        ("AMOUNT", M),
+        ("HOLD", M),
+        ("BALANCE", M),
         ("FOR", L),
         ("NOTE", L),
     ]);
@@ -208,7 +254,7 @@ pub fn ledger_table(items: &[Value]) -> String {
         };
         t.row(vec![
             text(f("id")),
-            text(f("at")),
+            when(f("at")),
             text(f("kind")),
             usd(f("amount")),
             match f("hold_amount") {
@@ -218,6 +264,87 @@ pub fn ledger_table(items: &[Value]) -> String {
             usd(f("balance_after")),
             for_,
             note,
+        ]);
+    }
+    t.render()
+}
+
+pub fn accounts_table(items: &[Value]) -> String {
+    use Align::{Left as L, Money as M};
+    let mut t = Table::new(&[
+        ("ID", L),
+        ("NAME", L),
+        ("BALANCE", M),
+        ("HELD", M),
+        ("AVAILABLE", M),
+        ("CREATED (UTC)", L),
+    ]);
+    let null = Value::Null;
+    for a in items {
+        let f = |k: &str| a.get(k).unwrap_or(&null);
+        t.row(vec![
+            text(f("id")),
+            text(f("name")),
+            usd(f("balance")),
+            usd(f("held")),
+            usd(f("available")),
+            when(f("created_at")),
+        ]);
+    }
+    t.render()
+}
+
+pub fn keys_table(items: &[Value]) -> String {
+    use Align::Left as L;
+    let mut t = Table::new(&[
+        ("ID", L),
+        ("PREFIX", L),
+        ("STATE", L),
+        ("CREATED (UTC)", L),
+        ("REVOKED (UTC)", L),
+    ]);
+    let null = Value::Null;
+    for k in items {
+        let f = |n: &str| k.get(n).unwrap_or(&null);
+        t.row(vec![
+            text(f("id")),
+            text(f("prefix")),
+            if f("revoked_at").is_null() {
+                "active"
+            } else {
+                "revoked"
+            }
+            .into(),
+            when(f("created_at")),
+            when(f("revoked_at")),
+        ]);
+    }
+    t.render()
+}
+
+pub fn providers_table(items: &[Value]) -> String {
+    use Align::{Left as L, Right as R};
+    let mut t = Table::new(&[
+        ("NAME", L),
+        ("KIND", L),
+        ("STATUS", L),
+        ("OFFERS", R),
+        ("LAST REFRESH (UTC)", L),
+        ("LAST ERROR", L),
+    ]);
+    let null = Value::Null;
+    for p in items {
+        let f = |k: &str| p.get(k).unwrap_or(&null);
+        t.row(vec![
+            text(f("name")),
+            text(f("kind")),
+            text(f("status")),
+            text(f("offers")),
+            when(f("last_refresh_at")),
+            match f("last_error") {
+                Value::Null => String::new(),
+                v => text(v).chars().take(80).collect(),
+            },
         ]);
     }
     t.render()
@@ -277,6 +404,46 @@ mod tests {
             lines[1],
             "vast:1  H100 SXM  8    80  us-east  18.40     2.30  yes   0.98      3"
         );
+    }
+
+    #[test]
+    fn money_columns_line_up_on_the_decimal_point() {
+        let mut t = Table::new(&[("K", Align::Left), ("USD", Align::Money)]);
+        for v in ["2.5", "0.000278", "-1240", "-", "12.25"] {
+            t.row(vec!["k".into(), v.into()]);
+        }
+        assert_eq!(
+            t.render(),
+            [
+                "K           USD",
+                "k      2.500000",
+                "k      0.000278",
+                "k  -1240.000000",
+                "k             -",
+                "k     12.250000",
+                "",
+            ]
+            .join("\n")
+        );
+        let out = t.render();
+        let points: Vec<usize> = out.lines().skip(1).filter_map(|l| l.find('.')).collect();
+        assert!(points.windows(2).all(|w| w[0] == w[1]), "{out}");
+        // Two decimals when no amount needs more.
+        let mut t = Table::new(&[("USD", Align::Money)]);
+        t.row(vec!["3".into()]);
+        t.row(vec!["0.5".into()]);
+        assert_eq!(t.render(), " USD\n3.00\n0.50\n");
+    }
+
+    #[test]
+    fn times_are_short() {
+        assert_eq!(
+            when(&json!("2026-12-01T14:03:07.123Z")),
+            "2026-12-01 14:03:07"
+        );
+        assert_eq!(when(&json!("2026-12-01T14:03:07Z")), "2026-12-01 14:03:07");
+        assert_eq!(when(&Value::Null), "-");
+        assert_eq!(when(&json!("soon")), "soon");
     }
 
     #[test]

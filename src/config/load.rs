@@ -37,6 +37,8 @@ const NON_CONFIG_VARS: &[&str] = &[
     "SPOTD_SANDBOX_STREAM_DELAY_MS",
     // Build time only (build.rs); `cargo run` passes it on to the process.
     "SPOTD_GIT_COMMIT",
+    // Build time only (build.rs): check again whether the Python SDK tests can run.
+    "SPOTD_SDK_RECHECK",
 ];
 
 /// Returns the config and human-readable warnings (unknown keys, unknown SPOTD_* variables).
@@ -381,6 +383,14 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
         format!(
             "history.retention_days: {} is not from 1 to 3650",
             cfg.history.retention_days
+        ),
+    );
+    check(
+        cfg.deployments.default_wait_seconds <= crate::inference::MAX_WAIT_SECONDS,
+        format!(
+            "deployments.default_wait_seconds: {} is more than {} (the most Prefer: wait may ask)",
+            cfg.deployments.default_wait_seconds,
+            crate::inference::MAX_WAIT_SECONDS
         ),
     );
     let s = &cfg.sandbox;

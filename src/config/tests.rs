@@ -98,6 +98,25 @@ fn every_section_scalar_is_settable_from_env() {
 }
 
 #[test]
+fn default_wait_seconds_is_read_and_bounded() {
+    let (cfg, _) = load(&ServeFlags::default(), &[]).unwrap();
+    assert_eq!(cfg.deployments.default_wait_seconds, 0);
+    let f = file("[deployments]\ndefault_wait_seconds = 600\n");
+    let (cfg, w) = load(&with_file(&f), &[]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(cfg.deployments.default_wait_seconds, 600);
+    let e = env(&[("SPOTD_DEPLOYMENTS_DEFAULT_WAIT_SECONDS", "30")]);
+    let (cfg, _) = load(&with_file(&f), &e).unwrap();
+    assert_eq!(cfg.deployments.default_wait_seconds, 30);
+    let f = file("[deployments]\ndefault_wait_seconds = 901\n");
+    let err = load(&with_file(&f), &[]).unwrap_err();
+    assert!(
+        err.starts_with("deployments.default_wait_seconds: 901"),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_file_may_come_from_spotd_config() {
     let f = file("[billing]\nmin_session_seconds = 60\n");
     let e = env(&[("SPOTD_CONFIG", f.path().to_str().unwrap())]);

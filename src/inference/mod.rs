@@ -45,8 +45,8 @@ pub use deployments::DEPLOYMENT_KEY_ENV;
 
 /// Largest upstream answer read whole (non-streaming).
 const MAX_UPSTREAM_BODY: usize = 16 * 1024 * 1024;
-/// `Prefer: wait=N` is capped here.
-const MAX_WAIT_SECONDS: u64 = 900;
+/// `Prefer: wait=N` (and `deployments.default_wait_seconds`) is capped here.
+pub const MAX_WAIT_SECONDS: u64 = 900;
 
 #[derive(Clone, Debug)]
 pub struct InferenceConfig {
@@ -90,8 +90,13 @@ pub enum Answer {
         events: SseMeter,
         request_id: String,
     },
-    /// The model is being deployed: ready in about `eta_seconds`.
-    Deploying { model: String, eta_seconds: u64 },
+    /// The model is being deployed: ready in about `eta_seconds`. `stream` says the
+    /// request asked for a stream (which a 202 JSON body would silently end).
+    Deploying {
+        model: String,
+        eta_seconds: u64,
+        stream: bool,
+    },
 }
 
 pub struct Inference {
@@ -235,6 +240,9 @@ impl Inference {
         if stream && ep == Endpoint::Embeddings {
             return Err(Error::invalid_param("stream", "embeddings do not stream"));
         }
+        if ep == Endpoint::Embeddings {
+            check_embeddings(&req)?;
+        }
         match self.catalog.get(&model).cloned() {
             None => Err(model_not_found(&model)),
             Some(Model::Hosted(h)) => self.proxy_hosted(account, ep, &h, &mut req, stream).await,
@@ -261,10 +269,12 @@ impl Inference {
                     Status::Deploying(r) => Ok(Answer::Deploying {
                         model: c.id.clone(),
                         eta_seconds: self.eta(&r),
+                        stream,
                     }),
                     Status::Cold => Ok(Answer::Deploying {
                         model: c.id.clone(),
                         eta_seconds: self.cfg.estimated_deploy_seconds,
+                        stream,
                     }),
                 }
             }
@@ -327,6 +337,37 @@ async fn read_all(r: Upstream) -> Result<(u16, Bytes)> {
     Ok((status, bytes))
 }
 
+/// An embeddings request's `input` and `dimensions` as the OpenAI API takes them:
+/// `input` a string, an array of strings, an array of token ids, or an array of such
+/// arrays (none empty); `dimensions` a positive integer (whether the model has that
+/// many is the model server's to say).
+fn check_embeddings(req: &Value) -> Result<()> {
+    let tokens = |a: &[Value]| !a.is_empty() && a.iter().all(|t| t.as_u64().is_some());
+    let ok = match req.get("input") {
+        Some(Value::String(_)) => true,
+        Some(Value::Array(a)) if !a.is_empty() => {
+            a.iter().all(Value::is_string)
+                || tokens(a)
+                || a.iter().all(|x| x.as_array().is_some_and(|t| tokens(t)))
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(Error::invalid_param(
+            "input",
+            "'input' must be a string, an array of strings, an array of token ids, or an array of arrays of token ids (none empty)",
+        ));
+    }
+    match req.get("dimensions") {
+        None | Some(Value::Null) => Ok(()),
+        Some(d) if d.as_u64().is_some_and(|n| n >= 1) => Ok(()),
+        Some(_) => Err(Error::invalid_param(
+            "dimensions",
+            "'dimensions' must be a positive integer",
+        )),
+    }
+}
+
 /// `Prefer: wait=N` (RFC 7240), among other preferences: the values of every `Prefer`
 /// header of the request.
 pub fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u64> {
@@ -347,6 +388,45 @@ pub fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embeddings_take_every_input_form_of_the_openai_api() {
+        for input in [
+            json!("text"),
+            json!(["a", "b"]),
+            json!([1, 2, 3]),
+            json!([[1, 2], [3]]),
+        ] {
+            assert!(
+                check_embeddings(&json!({"input": input})).is_ok(),
+                "{input}"
+            );
+        }
+        for input in [
+            json!(null),
+            json!([]),
+            json!([[]]),
+            json!([1, "a"]),
+            json!([-1]),
+            json!([1.5]),
+            json!([[1], "a"]),
+            json!({"a": 1}),
+        ] {
+            let e = check_embeddings(&json!({"input": input})).unwrap_err();
+            assert!(
+                matches!(e, Error::Invalid { param: Some(ref p), .. } if p == "input"),
+                "{input}"
+            );
+        }
+        assert!(check_embeddings(&json!({"input": "x", "dimensions": 4})).is_ok());
+        for d in [json!(0), json!(-2), json!(1.5), json!("4")] {
+            let e = check_embeddings(&json!({"input": "x", "dimensions": d})).unwrap_err();
+            assert!(
+                matches!(e, Error::Invalid { param: Some(ref p), .. } if p == "dimensions"),
+                "{d}"
+            );
+        }
+    }
 
     #[test]
     fn prefer_wait_parses_rfc7240() {

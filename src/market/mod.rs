@@ -60,6 +60,32 @@ struct Inner {
     /// Serializes snapshot builders, so two providers refreshing at once cannot both
     /// build on the same base and lose one another's offers.
     build: Mutex<()>,
+    /// Ids of offers that were in the market and left it, so a rent of one of them is
+    /// "no longer offered" (409) while a made-up id is "no such offer" (404).
+    gone: Mutex<Gone>,
+}
+
+/// How many ids of vanished offers are remembered (oldest forgotten first): days of
+/// churn of a few thousand offers, a few MB at most.
+const MAX_GONE: usize = 200_000;
+
+#[derive(Default)]
+struct Gone {
+    ids: std::collections::HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Gone {
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+            while self.order.len() > MAX_GONE {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl Default for Market {
@@ -82,6 +108,7 @@ impl Market {
                 epoch,
                 recent: RwLock::new(VecDeque::from([Arc::new(snap)])),
                 build: Mutex::new(()),
+                gone: Mutex::new(Gone::default()),
             }),
         }
     }
@@ -117,6 +144,16 @@ impl Market {
     fn rebuild(&self, provider: &str, mut fresh: Vec<Arc<Offer>>) {
         let _guard = self.inner.build.lock().unwrap_or_else(|e| e.into_inner());
         let base = self.current();
+        {
+            let kept: std::collections::HashSet<&str> =
+                fresh.iter().map(|o| o.id.as_str()).collect();
+            let mut gone = self.inner.gone.lock().unwrap_or_else(|e| e.into_inner());
+            for o in base.offers.iter().filter(|o| o.provider == provider) {
+                if !kept.contains(o.id.as_str()) {
+                    gone.insert(&o.id);
+                }
+            }
+        }
         fresh.extend(
             base.offers
                 .iter()
@@ -133,6 +170,16 @@ impl Market {
 
     pub fn get(&self, id: &str) -> Option<Offer> {
         self.current().get(id).map(|o| Offer::clone(o))
+    }
+
+    /// Whether `id` was in the market since this process started and has left it.
+    pub fn was_offered(&self, id: &str) -> bool {
+        self.inner
+            .gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .contains(id)
     }
 
     pub fn len(&self) -> usize {

@@ -20,14 +20,15 @@ impl Rentals {
         match &req.target {
             RentTarget::Offer(id) => {
                 let o = self.market.get(id).ok_or_else(|| {
-                    let provider = id.split_once(':').map(|(p, _)| p).unwrap_or("");
-                    if self.registry.get(provider).is_some() {
+                    if self.market.was_offered(id) {
                         Error::conflict(
                             "offer_unavailable",
                             format!("offer '{id}' is no longer offered"),
                         )
                     } else {
-                        Error::NotFound(format!("no offer with id '{id}'"))
+                        Error::OfferNotFound(format!(
+                            "no offer with id '{id}': list offers with GET /v1/gpus/offers"
+                        ))
                     }
                 })?;
                 if o.available == 0 {

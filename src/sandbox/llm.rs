@@ -291,19 +291,53 @@ impl Answer {
     }
 }
 
-/// `POST /embeddings`: `input` is a string or an array of strings.
+/// `POST /embeddings`: `input` is a string, an array of strings, an array of token
+/// ids or an array of such arrays, as in the OpenAI API; `dimensions` (1 to
+/// [`EMBEDDING_DIMS`]) shortens each vector to its first that many values.
 pub fn embeddings(body: &[u8], serves: &dyn Fn(&str) -> bool) -> Reply {
     let (req, model) = match open_request(body, serves) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
-    let inputs: Vec<&str> = match req.get("input") {
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(a)) if !a.is_empty() => match a.iter().map(Value::as_str).collect() {
-            Some(v) => v,
-            None => return bad_request("'input' must be a string or an array of strings"),
+    // Each input as the text its vector is derived from, and its token count.
+    let token_text = |t: &[Value]| -> Option<(String, usize)> {
+        let ids: Option<Vec<String>> = t
+            .iter()
+            .map(|x| x.as_u64().map(|n| n.to_string()))
+            .collect();
+        ids.filter(|v| !v.is_empty())
+            .map(|v| (format!("tokens:{}", v.join(",")), v.len()))
+    };
+    let inputs: Option<Vec<(String, usize)>> = match req.get("input") {
+        Some(Value::String(s)) => Some(vec![(s.clone(), words(s).count())]),
+        Some(Value::Array(a)) if !a.is_empty() => {
+            if a.iter().all(Value::is_string) {
+                a.iter()
+                    .map(|x| x.as_str().map(|s| (s.to_string(), words(s).count())))
+                    .collect()
+            } else if a.iter().all(Value::is_number) {
+                token_text(a).map(|t| vec![t])
+            } else {
+                a.iter()
+                    .map(|x| x.as_array().and_then(|t| token_text(t)))
+                    .collect()
+            }
+        }
+        _ => None,
+    };
+    let Some(inputs) = inputs else {
+        return bad_request("'input' must be a string, an array of strings, an array of token ids or an array of arrays of token ids");
+    };
+    let dims = match req.get("dimensions") {
+        None | Some(Value::Null) => EMBEDDING_DIMS,
+        Some(d) => match d.as_u64() {
+            Some(n) if (1..=EMBEDDING_DIMS as u64).contains(&n) => n as usize,
+            _ => {
+                return bad_request(&format!(
+                    "'dimensions' must be an integer from 1 to {EMBEDDING_DIMS} for this model"
+                ))
+            }
         },
-        _ => return bad_request("'input' must be a string or a non-empty array of strings"),
     };
     // The openai SDKs ask for base64 (little-endian f32) unless told otherwise.
     let base64 = match req.get("encoding_format") {
@@ -312,12 +346,13 @@ pub fn embeddings(body: &[u8], serves: &dyn Fn(&str) -> bool) -> Reply {
         Some(v) if v == "base64" => true,
         Some(_) => return bad_request("'encoding_format' must be 'float' or 'base64'"),
     };
-    let tokens: usize = inputs.iter().map(|s| words(s).count()).sum();
+    let tokens: usize = inputs.iter().map(|(_, n)| n).sum();
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let v = embedding(s);
+        .map(|(i, (s, _))| {
+            let mut v = embedding(s);
+            v.truncate(dims);
             let e = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
                 json!(base64_encode(&bytes))
@@ -371,6 +406,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::stream::ReplyBody;
 
     fn call(kind: Kind, body: Value) -> Result<Answer, StatusCode> {
         complete(kind, body.to_string().as_bytes(), &|m| m == "m", 7).map_err(|r| r.status)
@@ -468,7 +504,7 @@ mod tests {
         assert_eq!(e, embedding("hello world"));
         assert_ne!(e, embedding("hello worlds"));
         assert!(e.iter().all(|x| (-1.0..1.0).contains(x)));
-        let r = embeddings(br#"{"model": "m", "input": [1, 2]}"#, &|m| m == "m");
+        let r = embeddings(br#"{"model": "m", "input": [1, "a"]}"#, &|m| m == "m");
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         let r = embeddings(br#"{"model": "m-fail", "input": "a"}"#, &|m| m == "m");
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -477,6 +513,52 @@ mod tests {
             &|m| m == "m",
         );
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+
+    fn vectors(r: &Reply) -> Vec<Vec<f64>> {
+        let ReplyBody::Full(Some(b)) = &r.body else {
+            panic!("not a JSON body");
+        };
+        let v: Value = serde_json::from_slice(b).unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn embeddings_take_token_arrays_and_dimensions() {
+        let serves = |m: &str| m == "m";
+        let one = embeddings(br#"{"model": "m", "input": [1, 2, 3]}"#, &serves);
+        assert_eq!(one.status, StatusCode::OK);
+        assert_eq!(vectors(&one).len(), 1);
+        let many = embeddings(br#"{"model": "m", "input": [[1, 2, 3], [4]]}"#, &serves);
+        assert_eq!(many.status, StatusCode::OK);
+        let v = vectors(&many);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0], vectors(&one)[0], "the same tokens, the same vector");
+        assert_ne!(v[0], v[1]);
+        // dimensions: the first N values of the same vector.
+        let short = embeddings(
+            br#"{"model": "m", "input": "a b", "dimensions": 3}"#,
+            &serves,
+        );
+        assert_eq!(short.status, StatusCode::OK);
+        assert_eq!(vectors(&short)[0], embedding("a b")[..3].to_vec());
+        for bad in [
+            r#"{"model": "m", "input": "a", "dimensions": 0}"#,
+            r#"{"model": "m", "input": "a", "dimensions": 9}"#,
+            r#"{"model": "m", "input": "a", "dimensions": "3"}"#,
+            r#"{"model": "m", "input": [[]]}"#,
+        ] {
+            assert_eq!(
+                embeddings(bad.as_bytes(), &serves).status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

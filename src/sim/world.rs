@@ -125,7 +125,9 @@ impl Node {
             let mut daemon = loop {
                 match Daemon::open(cfg.clone(), clock.clone()).await {
                     Ok(d) => break d,
-                    Err(e) if tries < 200 && e.contains("already open") => {
+                    // The crashed incarnation's store closes on its own thread: its
+                    // lock goes a moment later ("the data dir ... is in use ...").
+                    Err(e) if tries < 200 && e.contains(crate::daemon::DATA_DIR_LOCKED) => {
                         tries += 1;
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
@@ -145,9 +147,21 @@ impl Node {
                 .map_err(|e| format!("listener: {e}"))?;
             daemon.serve(listener, stop).await
         });
-        let (store, sandbox) = rx
-            .await
-            .map_err(|_| "the daemon task ended before it opened".to_string())??;
+        let opened = match rx.await {
+            Ok(r) => r,
+            Err(_) => Err("the daemon task ended before it opened".to_string()),
+        };
+        let (store, sandbox) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                // Dropping a runtime blocks until its workers stop: off the async threads.
+                let _ = tokio::task::spawn_blocking(move || {
+                    runtime.shutdown_timeout(Duration::from_secs(10));
+                })
+                .await;
+                return Err(e);
+            }
+        };
         self.url = format!("http://{addr}");
         self.sandbox = sandbox.ok_or("the simulation runs in sandbox mode")?;
         self.admin = std::fs::read_to_string(self.dir.join("admin.token"))

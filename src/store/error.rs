@@ -41,6 +41,9 @@ pub enum StoreError {
     /// A backup could not be written or a file to restore is not a spotd database.
     #[error("backup: {0}")]
     Backup(String),
+    /// Another process (another spotd on the same data dir) has the database open.
+    #[error("{0} is locked: another process (another spotd on this data dir?) has it open")]
+    Locked(String),
 }
 
 impl From<redb::Error> for StoreError {

@@ -74,7 +74,13 @@ impl Store {
         let db = Database::builder()
             .set_repair_callback(move |s| on_repair(s.progress()))
             .set_cache_size(CACHE_BYTES)
-            .create(path)?;
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::Locked(path.display().to_string())
+                }
+                other => other.into(),
+            })?;
         {
             let txn = db.begin_write()?;
             txn.open_table(META)?;

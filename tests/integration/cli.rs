@@ -9,7 +9,7 @@ use serde_json::Value;
 use spotd::money::Usd;
 
 /// Runs `spotd ARGS` with only the given `SPOTD_*` variables set.
-fn spotd(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn spotd(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotd"));
     cmd.args(args);
     for (k, _) in std::env::vars() {
@@ -26,16 +26,16 @@ fn spotd(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run spotd")
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 /// Runs a subcommand that must succeed and answers its stdout.
-fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
+pub fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
     let o = spotd(args, env);
     assert!(
         o.status.success(),
@@ -45,16 +45,6 @@ fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
         stderr(&o)
     );
     stdout(&o)
-}
-
-/// The text a table shows for a USD amount: exact, at least two decimals.
-fn usd_cell(u: Usd) -> String {
-    let s = u.to_string();
-    match s.split_once('.') {
-        None => format!("{s}.00"),
-        Some((_, f)) if f.len() == 1 => format!("{s}0"),
-        Some(_) => s,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,11 +64,14 @@ async fn offers_prints_an_aligned_table_or_json() {
     let rows: Vec<&str> = lines[1..]
         .iter()
         .copied()
-        .take_while(|l| !l.starts_with("more:"))
+        .take_while(|l| !l.contains(" more — "))
         .collect();
     assert_eq!(rows.len(), 5, "{out}");
+    let hint = lines.last().unwrap();
     assert!(
-        lines.iter().any(|l| l.starts_with("more: --cursor ")),
+        hint.contains(
+            " more — use --all, or the next page: spotd offers --gpu h100 --limit 5 --cursor "
+        ),
         "a next page is offered: {out}"
     );
     let gpu_col = header.find("GPU").unwrap();
@@ -94,12 +87,14 @@ async fn offers_prints_an_aligned_table_or_json() {
             row[gpu_col..].starts_with(gpu),
             "GPU column misaligned:\n{out}"
         );
-        let price = usd_cell(usd(&o.body["price_per_hour"]));
+        // Right-aligned and exact (padded with zeros to the column's decimals).
+        let cell = row[..price_end].split_whitespace().last().unwrap();
         assert_eq!(
-            &row[price_end - price.len()..price_end],
-            price,
+            Usd::parse(cell).unwrap(),
+            usd(&o.body["price_per_hour"]),
             "$/H column misaligned:\n{out}"
         );
+        assert!(row[price_end..].starts_with(' '), "{row}");
     }
 
     let json = ok(&["offers", "--gpu", "h100", "--limit", "5", "--json"], &env);
@@ -164,7 +159,8 @@ async fn rent_list_stop_and_credits() {
             .lines()
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("no {name} row: {credits}"));
-        assert!(line.ends_with(&usd_cell(v)), "{name}: {line} vs {v}");
+        let cell = line.split_whitespace().last().unwrap();
+        assert_eq!(Usd::parse(cell).unwrap(), v, "{name}: {line}");
     }
     let cj: Value = serde_json::from_str(&ok(&["credits", "--json"], &env)).unwrap();
     assert_eq!(usd(&cj["balance"]), bal);
@@ -290,8 +286,10 @@ async fn prices_prints_a_table_and_a_sparkline_per_series() {
     assert_eq!(rows.len(), data.len(), "{out}");
     for (row, r) in rows.iter().zip(data) {
         assert!(row.contains(r["gpu"].as_str().unwrap()), "{row}");
+        // Exact, padded with zeros to the column's decimals.
+        let median = usd(&r["median_price_per_gpu_hour"]);
         assert!(
-            row.contains(&usd_cell(usd(&r["median_price_per_gpu_hour"]))),
+            row.split_whitespace().any(|t| Usd::parse(t) == Ok(median)),
             "{row} vs {r}"
         );
     }

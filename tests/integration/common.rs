@@ -390,13 +390,28 @@ impl Daemon {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Resp {
-        let url = format!("{}{}", self.url, path);
-        let send = self.client.send(method, &url, key, headers, body);
-        // `Prefer: wait` holds the answer until the model is ready: on the manual clock
-        // that takes time moving, a second per step while the request is parked on it.
         let waits = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("prefer"));
+        self.call_parked(method, path, key, headers, body, waits)
+            .await
+    }
+
+    /// [`Daemon::call_h`] for a request the daemon may hold open (`Prefer: wait`, or
+    /// `deployments.default_wait_seconds` without the header) when `waits`.
+    pub async fn call_parked(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        waits: bool,
+    ) -> Resp {
+        let url = format!("{}{}", self.url, path);
+        let send = self.client.send(method, &url, key, headers, body);
+        // A held answer waits until the model is ready: on the manual clock that takes
+        // time moving, a second per step while the request is parked on it.
         let r = if waits && self.inproc.is_some() {
             self.clock()
                 .run_parked(send, 1_000)

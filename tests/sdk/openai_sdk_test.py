@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """spotd through the official `openai` Python SDK, as a user following the README would.
 
-Usage: python3 tests/sdk/openai_sdk_test.py URL API_KEY
+Usage: python3 tests/sdk/openai_sdk_test.py URL API_KEY [default-wait]
+
+With `default-wait` the daemon runs with `deployments.default_wait_seconds` set, and the
+checks are those of a tool that cannot set headers (LiteLLM, LangChain): a plain call to
+a cold model answers the completion.
 
 URL is the daemon's base URL (http://127.0.0.1:PORT, without /v1). The daemon must run
 in sandbox mode with fast timings (provision and model load of a second or two), so the
@@ -67,13 +71,7 @@ def create_with_retry(client, max_sleep=MAX_SLEEP_SECONDS, budget=RETRY_BUDGET_S
         time.sleep(wait)
 
 
-def main():
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    url, key = sys.argv[1].rstrip("/"), sys.argv[2]
-    # max_retries=0: failures must surface here, not be hidden by SDK retries.
-    client = OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+def runner():
     results = []
 
     def run(name, fn):
@@ -86,6 +84,73 @@ def main():
             print(f"FAIL {name}: {type(e).__name__}: {e}")
             if not isinstance(e, CheckFailed):
                 traceback.print_exc()
+
+    return results, run
+
+
+def summary(results):
+    failed = sum(1 for _, e in results if e is not None)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def default_wait(url, key):
+    """The daemon has deployments.default_wait_seconds: no header, no retry loop."""
+    # As a tool would build it: no extra headers, a timeout longer than the wait.
+    client = OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+    results, run = runner()
+
+    def plain_call_to_cold_model():
+        check(extra(client.models.retrieve(COLD)).get("availability") == "cold", "not cold at first")
+        t0 = time.monotonic()
+        r = client.chat.completions.create(
+            model=COLD, messages=[{"role": "user", "content": "hello from a tool without headers"}]
+        )
+        check(r.object == "chat.completion", f"object: {r.object} ({r})")
+        check(r.choices and r.choices[0].message.content, f"no choices: {r}")
+        print(f"     (default_wait_seconds held the request {time.monotonic() - t0:.1f} s)")
+
+    def streamed_call_to_cold_model():
+        stream = client.chat.completions.create(
+            model="mistralai/Mistral-Small-24B-Instruct-2501",
+            messages=[{"role": "user", "content": "stream once you are ready"}],
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        check(text.strip(), "the stream was empty")
+
+    def langchain_openai():
+        from langchain_openai import ChatOpenAI
+
+        llm = ChatOpenAI(
+            base_url=url + "/v1", api_key=key, model="Qwen/Qwen2.5-32B-Instruct",
+            max_retries=0, timeout=120,
+        )
+        m = llm.invoke("hello from LangChain")
+        check(isinstance(m.content, str) and m.content.strip(), f"empty LangChain answer: {m}")
+
+    run("default_wait_seconds: plain create on a cold model answers 200 with choices", plain_call_to_cold_model)
+    run("default_wait_seconds: stream=True on a cold model streams once ready", streamed_call_to_cold_model)
+    try:
+        import langchain_openai as _  # noqa: F401
+    except ImportError:
+        results.append(("LangChain ChatOpenAI", ImportError("pip install langchain-openai")))
+        print("FAIL LangChain ChatOpenAI: langchain-openai is not installed (pip install langchain-openai)")
+    else:
+        run("default_wait_seconds: LangChain ChatOpenAI.invoke on a cold model", langchain_openai)
+    return summary(results)
+
+
+def main():
+    if len(sys.argv) not in (3, 4) or (len(sys.argv) == 4 and sys.argv[3] != "default-wait"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    url, key = sys.argv[1].rstrip("/"), sys.argv[2]
+    if len(sys.argv) == 4:
+        return default_wait(url, key)
+    # max_retries=0: failures must surface here, not be hidden by SDK retries.
+    client = OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+    results, run = runner()
 
     def models_list():
         models = {m.id: extra(m) for m in client.models.list()}
@@ -173,6 +238,24 @@ def main():
         check(c.choices[0].message.content, f"empty completion: {c}")
         print(f"     (Prefer: wait held the request {time.monotonic() - t0:.1f} s)")
 
+    def stream_to_cold_model_raises():
+        # Streaming to a model that is not ready must raise, not yield nothing: spotd
+        # answers 503 + Retry-After (code model_deploying) instead of the 202 body.
+        import openai
+
+        model = "Qwen/Qwen2.5-32B-Instruct"
+        try:
+            stream = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "stream me"}], stream=True
+            )
+            chunks = list(stream)
+        except openai.APIStatusError as e:
+            check(e.status_code == 503, f"status: {e.status_code}")
+            check(e.code == "model_deploying", f"code: {e.code}")
+            check(e.response.headers.get("retry-after"), "no Retry-After")
+            return
+        raise CheckFailed(f"a stream to a cold model did not raise ({len(chunks)} chunks)")
+
     def unknown_model():
         import openai
 
@@ -189,11 +272,10 @@ def main():
     run("stream_options.include_usage gives one usage chunk", chat_stream_usage)
     run("cold model: 202 + Retry-After, retry wrapper until 200", cold_with_retry)
     run("Prefer: wait=60 via extra_headers answers the completion", prefer_wait)
+    run("stream=True to a cold model raises APIStatusError 503 model_deploying", stream_to_cold_model_raises)
     run("unknown model raises NotFoundError model_not_found", unknown_model)
 
-    failed = sum(1 for _, e in results if e is not None)
-    print(f"{len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary(results)
 
 
 if __name__ == "__main__":

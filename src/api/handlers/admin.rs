@@ -80,7 +80,7 @@ pub async fn add_credit(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     idempotent(app, "admin", ctx, |stable| async move {
         let b: CreditBody = ctx.json()?;
         if let Some(n) = &b.note {
-            if n.len() > 500 {
+            if n.chars().count() > 500 {
                 return Err(Error::invalid_param(
                     "note",
                     "note must be at most 500 characters",

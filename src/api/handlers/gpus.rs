@@ -101,7 +101,7 @@ struct RentBody {
 
 fn check_len(param: &str, v: &Option<String>, max: usize) -> Result<()> {
     if let Some(s) = v {
-        if s.is_empty() || s.len() > max {
+        if s.is_empty() || s.chars().count() > max {
             return Err(Error::invalid_param(
                 param,
                 format!("{param} must be 1 to {max} characters"),

@@ -39,19 +39,17 @@ pub async fn embeddings(app: &Arc<App>, ctx: &Ctx) -> Result<Response<Body>> {
     complete(app, ctx, Endpoint::Embeddings).await
 }
 
+/// A request with a `Prefer` header waits as it says (`wait=N`, or not at all); one
+/// without waits `deployments.default_wait_seconds` (SPEC section 10).
 async fn complete(app: &Arc<App>, ctx: &Ctx, ep: Endpoint) -> Result<Response<Body>> {
-    let prefer = ctx
-        .headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok());
+    let prefer = ctx.headers.get_all("prefer");
+    let wait = if prefer.iter().next().is_some() {
+        prefer_wait(prefer.iter().filter_map(|v| v.to_str().ok()))
+    } else {
+        Some(app.cfg.deployments.default_wait_seconds).filter(|&s| s > 0)
+    };
     app.inference
-        .handle(
-            &ctx.account()?.account_id,
-            ep,
-            &ctx.body,
-            prefer_wait(prefer),
-        )
+        .handle(&ctx.account()?.account_id, ep, &ctx.body, wait)
         .await
         .map(super::super::answer::render)
 }
