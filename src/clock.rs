@@ -30,7 +30,7 @@ pub enum Clock {
 }
 
 impl Clock {
-    pub(crate) fn system() -> Clock {
+    pub fn system() -> Clock {
         Clock::System
     }
 
