@@ -51,4 +51,5 @@ pub(crate) mod sandbox;
 pub mod sim;
 pub mod store;
 pub mod tasks;
+pub(crate) mod webhooks;
 pub(crate) mod workers;
