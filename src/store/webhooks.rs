@@ -205,6 +205,39 @@ impl Tx<'_> {
         Ok(true)
     }
 
+    /// Makes pending deliveries whose next attempt was set after `now` due at `now`, at
+    /// most `limit` per call (after a restart, what waited for its backoff goes at
+    /// once). Answers how many moved and whether more may be left.
+    pub(crate) fn bring_forward(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<(usize, bool), StoreError> {
+        self.wrote.set(true);
+        let mut due = self.txn.open_table(DELIVERIES_DUE)?;
+        let mut later = Vec::new();
+        for item in due.range((now.saturating_add(1), 0)..)? {
+            let (k, _) = item?;
+            later.push(k.value());
+            if later.len() >= limit {
+                break;
+            }
+        }
+        let mut rows = self.txn.open_table(DELIVERIES)?;
+        for (at, seq) in &later {
+            due.remove((*at, *seq))?;
+            due.insert((now, *seq), ())?;
+            if let Some(mut d) = get_delivery(&rows, *seq)? {
+                d.next_attempt_at = Some(now);
+                put_delivery_row(&mut rows, &d)?;
+            }
+        }
+        if !later.is_empty() {
+            self.outbox.set(true);
+        }
+        Ok((later.len(), later.len() >= limit))
+    }
+
     /// Removes deliveries that finished before `cutoff`, at most `limit` per call, oldest
     /// first (an index range: O(removed)). Answers how many, and whether more are left.
     pub(crate) fn sweep_deliveries(

@@ -13,8 +13,8 @@
 //!
 //! At least once: the outcome is written after the answer, so an attempt cut short by
 //! kill -9 is made again after the restart (with the same `webhook-id`, which is how a
-//! receiver tells). A restart finds every pending delivery in the due index with a
-//! time already past: it is sent at once.
+//! receiver tells). At start every pending delivery is made due at once, also one a
+//! backoff had set for later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +41,8 @@ pub const MAX_BACKOFF_MS: i64 = 10 * 60 * 1000;
 /// The loop looks at the due index at least this often (everything that makes a
 /// delivery due also wakes it; this is a safety net).
 const RESCAN_MS: i64 = 60_000;
+/// Deliveries brought forward per transaction at start.
+const RESUME_BATCH: usize = 1000;
 /// Longest `last_error` kept.
 const MAX_ERROR_CHARS: usize = 300;
 
@@ -160,6 +162,34 @@ impl Deliverer {
         }
     }
 
+    /// At start: every pending delivery is due now, also those a backoff had set for
+    /// later (the daemon was down meanwhile; the receiver may well be up again).
+    async fn resume(&self) {
+        let now = self.clock.now();
+        let mut moved = 0;
+        loop {
+            match self
+                .store
+                .write(move |tx| tx.bring_forward(now, RESUME_BATCH))
+                .await
+            {
+                Ok((n, more)) => {
+                    moved += n;
+                    if !more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhooks: cannot resume pending deliveries");
+                    break;
+                }
+            }
+        }
+        if moved > 0 {
+            tracing::info!(moved, "webhooks: pending deliveries resumed");
+        }
+    }
+
     /// Starts one attempt on its own task.
     fn start(self: &Arc<Self>, d: Delivery, w: Webhook) {
         self.in_flight().insert(d.seq, w.id.clone());
@@ -258,6 +288,7 @@ pub(crate) fn run(
 ) -> impl Future<Output = ()> + Send {
     let mut ticker = d.clock.ticker(d.wake.clone());
     async move {
+        d.resume().await;
         loop {
             let next = d.round().await;
             tokio::select! {

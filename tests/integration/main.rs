@@ -37,3 +37,4 @@ mod restart;
 mod sandbox_ssh;
 mod shipping;
 mod simulate;
+mod webhooks;
