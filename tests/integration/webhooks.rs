@@ -471,6 +471,71 @@ async fn deployment_ready_is_sent_without_a_request_asking() {
     assert_eq!(rec.got().len(), 2, "ready is sent once");
 }
 
+/// An endpoint that accepts connections and never answers.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/never", l.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_slows_neither_the_api_nor_other_endpoints() {
+    let d = Daemon::in_process("[webhooks]\ntimeout_seconds = 2\n").await;
+    let (hole, task) = black_hole().await;
+    let (stuck, _) = register(&d, &hole, &["*"]).await;
+    let rec = Receiver::start(0, Some(d.clock().clone())).await;
+    let (_, secret) = register(&d, &rec.url(), &["*"]).await;
+    let key = d.demo_key.clone();
+    let id = rent(&d, &key).await;
+    // Time moves without waiting for the work it makes due: the rental runs, and both
+    // endpoints get their attempt at once.
+    for _ in 0..10 {
+        d.clock().advance(1000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rec.got().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the healthy endpoint got nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Meanwhile an attempt to the black hole is in flight: the API answers at once.
+    let t = Instant::now();
+    let r = d.get(&format!("/v1/gpus/rentals/{id}"), &key).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["state"], "running");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let healthy = rec.got();
+    verify(&secret, &healthy[0]);
+    assert_eq!(healthy[0].kind(), "rental.running");
+    // The stuck endpoint's attempt ends at its timeout and is retried later.
+    d.advance(1).await;
+    let list = deliveries(&d, &stuck).await;
+    assert_eq!(list[0]["type"], "rental.running");
+    assert_eq!(list[0]["status"], "pending", "{:?}", list[0]);
+    assert!(
+        list[0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timed out"),
+        "{:?}",
+        list[0]
+    );
+    task.abort();
+}
+
 /// A real process: an event stored while the receiver is down, then kill -9, is
 /// delivered after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
