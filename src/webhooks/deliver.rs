@@ -204,7 +204,20 @@ impl Deliverer {
                 .write(move |tx| record_attempt(tx, seq, outcome, now))
                 .await;
             match res {
-                Ok(state) => tracing::debug!(webhook = %hook, seq, status, state = ?state, "webhook attempt"),
+                Ok(state) => {
+                    let outcome = match state {
+                        Some(DeliveryState::Delivered) => "delivered",
+                        Some(DeliveryState::Failed) => "failed",
+                        _ => "retry",
+                    };
+                    if state.is_some() {
+                        crate::metrics::webhook_attempt(outcome);
+                    }
+                    tracing::debug!(webhook = %hook, seq, status, outcome, "webhook attempt");
+                    if state == Some(DeliveryState::Failed) {
+                        tracing::warn!(webhook = %hook, seq, "webhook delivery given up after 24 h");
+                    }
+                }
                 Err(e) => tracing::warn!(webhook = %hook, seq, error = %e, "webhooks: cannot record an attempt"),
             }
             me.in_flight().remove(&seq);

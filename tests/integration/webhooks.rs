@@ -339,6 +339,19 @@ async fn retries_keep_the_id_follow_the_backoff_and_hold_back_the_next_event() {
     assert_eq!(running_row["attempts"], 4);
     assert_eq!(running_row["status"], "delivered");
     assert_eq!(running_row["last_status"], 200);
+    // Counted for /metrics (process-wide: other tests in this binary count too).
+    let m = d
+        .call(hyper::Method::GET, "/metrics", Some(&d.admin.clone()), None)
+        .await;
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    let sample = |outcome: &str| -> u64 {
+        let name = format!("spotd_webhook_attempts_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(sample("retry") >= 3 && sample("delivered") >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
