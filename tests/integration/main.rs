@@ -11,6 +11,7 @@
 
 mod common;
 mod providers_mock;
+mod receiver;
 
 mod auth_limits;
 mod backup;
