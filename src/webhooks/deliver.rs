@@ -148,11 +148,16 @@ impl Deliverer {
                         .try_for_each(|d| tx.drop_delivery(d, now).map(|_| ()))
                 })
                 .await;
-            match res {
-                Ok(()) => tracing::debug!(n, "webhooks: dropped deliveries of deleted endpoints"),
-                Err(e) => tracing::warn!(error = %e, "webhooks: cannot drop deliveries"),
-            }
-            return now;
+            return match res {
+                Ok(()) => {
+                    tracing::debug!(n, "webhooks: dropped deliveries of deleted endpoints");
+                    now
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhooks: cannot drop deliveries");
+                    now + 5_000
+                }
+            };
         }
         match scan.next {
             // More is due than could start: an attempt that ends wakes the loop.

@@ -336,7 +336,7 @@ async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_receiver_slows_neither_the_api_nor_other_endpoints() {
-    let d = Daemon::in_process("[webhooks]\ntimeout_seconds = 2\n").await;
+    let d = Daemon::in_process("[webhooks]\ntimeout_seconds = 3\n").await;
     let (hole, task) = black_hole().await;
     let (stuck, _) = register(&d, &hole, &["*"]).await;
     let rec = Receiver::start(0, Some(d.clock().clone())).await;
@@ -362,11 +362,7 @@ async fn a_hanging_receiver_slows_neither_the_api_nor_other_endpoints() {
     let r = d.get(&format!("/v1/gpus/rentals/{id}"), &key).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["state"], "running");
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let healthy = rec.got();
     verify(&secret, &healthy[0]);
     assert_eq!(healthy[0].kind(), "rental.running");
