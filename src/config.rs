@@ -27,6 +27,7 @@ pub struct Config {
     pub deployments: Deployments,
     pub sandbox: Sandbox,
     pub history: History,
+    pub webhooks: Webhooks,
     pub providers: Vec<ProviderConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub models: Vec<ModelConfig>,
@@ -45,6 +46,7 @@ impl Default for Config {
             deployments: Deployments::default(),
             sandbox: Sandbox::default(),
             history: History::default(),
+            webhooks: Webhooks::default(),
             providers: Vec::new(),
             upstreams: Vec::new(),
             models: Vec::new(),
@@ -168,6 +170,29 @@ pub struct History {
 impl Default for History {
     fn default() -> Self {
         History { retention_days: 90 }
+    }
+}
+
+/// Webhooks (SPEC section 8).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Webhooks {
+    /// `account.low_balance` fires when an account's available credit falls below this.
+    #[serde(with = "toml_usd")]
+    pub low_balance_usd: Usd,
+    /// One delivery attempt gets this long for the receiver's response headers.
+    pub timeout_seconds: u64,
+    /// Delivered and given-up deliveries are listed this many days, then swept.
+    pub retention_days: u64,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            low_balance_usd: Usd::from_dollars(5),
+            timeout_seconds: 10,
+            retention_days: 7,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts;
 use crate::api::{self, App};
-use crate::clock::Clock;
+use crate::clock::{Clock, Signal};
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::http_client::HttpClient;
 use crate::ids;
@@ -30,6 +30,8 @@ use crate::rentals::{Rentals, RentalsConfig};
 use crate::sandbox;
 use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
+use crate::webhooks::deliver::{self, Deliverer};
+use crate::webhooks::Outbox;
 use crate::workers;
 use crate::workers::rentals::Cadence;
 
@@ -342,8 +344,10 @@ impl Daemon {
             self.clock.clone(),
             self.cfg.billing.request_detail_days,
             self.cfg.history.retention_days,
+            self.cfg.webhooks.retention_days,
             workers_stop.clone(),
         );
+        let webhooks_loop = deliver::run(self.parts.deliverer.clone(), workers_stop.clone());
         // A preempted deployment is redeployed in the background (a weak reference: the
         // rentals must not keep inference alive).
         {
@@ -356,7 +360,13 @@ impl Daemon {
             });
         }
         let workers = tokio::spawn(async move {
-            tokio::join!(sync, rental_loop, reaper_loop, retention_loop);
+            tokio::join!(
+                sync,
+                rental_loop,
+                reaper_loop,
+                retention_loop,
+                webhooks_loop
+            );
         });
         self.run_api(listener, shutdown, workers_stop, workers)
     }
@@ -451,6 +461,7 @@ struct Parts {
     inference: Arc<Inference>,
     tasks: Tasks,
     admin_hash: String,
+    deliverer: Arc<Deliverer>,
 }
 
 /// Everything after the store is open: the sandbox (when no provider is configured),
@@ -464,6 +475,13 @@ async fn build(
     env: &Env,
 ) -> Result<Parts, String> {
     let data_dir = cfg.data_dir.clone();
+    // The webhooks outbox sees every rental and account write from here on.
+    let hooks_wake = Signal::new("webhooks");
+    store.observe(Arc::new(Outbox {
+        clock: clock.clone(),
+        low_balance: cfg.webhooks.low_balance_usd,
+        wake: hooks_wake.clone(),
+    }));
     let admin_hash = admin_hash(store, &data_dir, env).await?;
 
     // Sandbox mode: the simulated clouds run in-process on their own loopback port.
@@ -574,6 +592,13 @@ async fn build(
         },
         tasks.clone(),
     ));
+    let deliverer = Arc::new(Deliverer::new(
+        store.clone(),
+        clock.clone(),
+        tasks.clone(),
+        Duration::from_secs(cfg.webhooks.timeout_seconds.max(1)),
+        hooks_wake,
+    ));
     Ok(Parts {
         market,
         registry,
@@ -581,5 +606,6 @@ async fn build(
         inference,
         tasks,
         admin_hash,
+        deliverer,
     })
 }

@@ -163,6 +163,29 @@ impl HttpClient {
         }
     }
 
+    /// POSTs `body` (JSON) with `headers` and answers the status once the response
+    /// headers arrive within `timeout`. The answer's body is read (at most 64 KiB, for
+    /// at most a second more) only so the connection can be reused, and dropped: a
+    /// receiver cannot make spotd hold more than that of what it sends. For webhooks.
+    pub(crate) async fn post_for_status(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u16, HttpError> {
+        let req = build_request(Method::POST, url, None, headers, Some(body))?;
+        let resp = match tokio::time::timeout(timeout, self.inner.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(HttpError::Transport(describe(&e))),
+            Err(_) => return Err(HttpError::Timeout(timeout)),
+        };
+        let status = resp.status().as_u16();
+        let drain = Limited::new(resp.into_body(), 64 * 1024).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        Ok(status)
+    }
+
     pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<HttpResponse, HttpError> {
         self.send(Method::GET, url, bearer, &[], None).await
     }

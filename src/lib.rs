@@ -12,14 +12,18 @@
 //!   table (`api::routes`), authentication, limits and idempotency (`api::router`), one
 //!   error mapping (`api::error`), inference answers rendered (`api::answer`);
 //! - the domain — `accounts`, `ledger` (the money rules), `market` (the offer index),
-//!   `rentals`, `inference` (hosted proxy, deployments, idle reaper) — answers domain
-//!   values and [`error::Error`]; `workers` (offer sync, rental sync, metering, orphan
-//!   sweep) call the same domain functions the API calls;
+//!   `rentals`, `inference` (hosted proxy, deployments, idle reaper), `webhooks` (the
+//!   outbox, signing and the delivery worker) — answers domain values and
+//!   [`error::Error`]; `workers` (offer sync, rental sync, metering, orphan sweep,
+//!   retention) call the same domain functions the API calls;
 //! - `store` (the only code that touches redb) and `providers` (every GPU cloud behind
 //!   one trait; `sandbox` serves simulated ones).
 //!
-//! Two calls go the other way, on purpose: rentals tell inference about a preempted
-//! deployment through a hook the daemon installs (`Rentals::on_preempted`), and the
+//! A few calls go the other way, on purpose: rentals tell inference about a preempted
+//! deployment through a hook the daemon installs (`Rentals::on_preempted`); the store
+//! tells the webhooks outbox about every rental and account write, inside its
+//! transaction, through another (`store::WriteObserver`), and the outbox renders an
+//! event's `data` with `api::views` (the object exactly as the API shows it); and the
 //! provider adapters name GPUs with the market's `normalize_gpu`. Beside the layers:
 //! `model` (the stored records), `money`, `clock`, `config`, `ids`, `http_client`,
 //! `http_server` (the accept loop the API and the sandbox share), `metrics`, `notify`,
@@ -51,4 +55,5 @@ pub(crate) mod sandbox;
 pub mod sim;
 pub mod store;
 pub mod tasks;
+pub(crate) mod webhooks;
 pub(crate) mod workers;

@@ -2,7 +2,8 @@
 //!
 //! Counters live in one `static` so that code far from the API (provider adapters,
 //! workers, the inference router) can count without being handed a handle: call
-//! [`observe_http`], [`provider_error`], [`cold_start`] or [`reap`]. Gauges that are
+//! [`observe_http`], [`provider_error`], [`cold_start`], [`reap`] or
+//! [`webhook_attempt`]. Gauges that are
 //! facts about the market, rentals and ledger are not kept here: `api::metrics` reads
 //! them at scrape time. The exposition is written by hand (the format is a few lines
 //! of text), so no metrics crate is needed.
@@ -41,6 +42,8 @@ pub struct Metrics {
     cold_starts: AtomicU64,
     reaps: AtomicU64,
     log_write_errors: AtomicU64,
+    /// Webhook attempts that delivered, will be retried, or gave up.
+    webhook_attempts: [AtomicU64; 3],
 }
 
 static METRICS: Metrics = Metrics {
@@ -49,7 +52,11 @@ static METRICS: Metrics = Metrics {
     cold_starts: AtomicU64::new(0),
     reaps: AtomicU64::new(0),
     log_write_errors: AtomicU64::new(0),
+    webhook_attempts: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
 };
+
+/// The outcomes of a webhook attempt, as labelled.
+const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retry", "failed"];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while counting leaves the counts usable.
@@ -104,6 +111,14 @@ pub fn cold_start() {
 /// Counts one deployment terminated by the idle reaper.
 pub fn reap() {
     METRICS.reaps.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts one webhook delivery attempt by its outcome: `delivered` (a 2xx), `retry`
+/// (due again later) or `failed` (given up).
+pub fn webhook_attempt(outcome: &str) {
+    if let Some(i) = WEBHOOK_OUTCOMES.iter().position(|o| *o == outcome) {
+        METRICS.webhook_attempts[i].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A log line could not be written (stderr closed or full): it is dropped, counted.
@@ -222,6 +237,19 @@ pub fn render_counters(out: &mut String) {
         "spotd_idle_reaps_total {}",
         METRICS.reaps.load(Ordering::Relaxed)
     );
+    family(
+        out,
+        "spotd_webhook_attempts_total",
+        "counter",
+        "Webhook delivery attempts, by outcome: delivered, retry (due again later), failed (given up).",
+    );
+    for (o, n) in WEBHOOK_OUTCOMES.iter().zip(&METRICS.webhook_attempts) {
+        let _ = writeln!(
+            out,
+            "spotd_webhook_attempts_total{{outcome=\"{o}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
     family(
         out,
         "spotd_log_write_errors_total",

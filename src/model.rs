@@ -328,3 +328,92 @@ pub struct PriceRollup {
     /// When the latest refresh was recorded.
     pub updated_at: Millis,
 }
+
+/// A webhook endpoint (SPEC section 8), keyed by id in `store::tables::WEBHOOKS`.
+///
+/// `key` is the HMAC-SHA256 signing key: the 32 random bytes whose base64 follows
+/// `whsec_` in the secret shown once at creation. Signing needs the key itself, so it is
+/// stored (unlike API keys, of which only a hash is kept); it is never shown again, and
+/// `Debug` leaves it out so it cannot reach a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    /// Event type names, or `["*"]` for all.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub key: Vec<u8>,
+    pub created_at: Millis,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("description", &self.description)
+            .field("key", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+impl Webhook {
+    /// Whether the endpoint asked for events of type `kind`.
+    pub(crate) fn wants(&self, kind: &str) -> bool {
+        self.events.iter().any(|e| e == "*" || e == kind)
+    }
+}
+
+/// Where one delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryState {
+    /// Queued behind an earlier event of the same rental (or account) to the same
+    /// endpoint, which is not delivered (nor given up) yet.
+    Waiting,
+    /// Its next attempt is due at `next_attempt_at`.
+    Pending,
+    /// A 2xx answer came back.
+    Delivered,
+    /// No 2xx for at least 24 h of attempts: given up.
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Waiting => "waiting",
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+/// One event to one endpoint: the outbox row, written in the transaction of the change
+/// it reports and keyed by `seq` in `store::tables::DELIVERIES`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Global order of deliveries (events in the order they were written).
+    pub seq: u64,
+    pub webhook_id: String,
+    /// The event id: `webhook-id` on every attempt.
+    pub event_id: String,
+    pub event_type: String,
+    /// The rental (or account) the event is about: one stream is delivered in order.
+    pub stream: String,
+    pub created_at: Millis,
+    /// The JSON body, the same bytes on every attempt.
+    pub body: String,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<Millis>,
+    /// When it was first tried: the 24 h of retries count from here (an event queued
+    /// behind an earlier one of its rental gets its own 24 h once its turn comes).
+    pub first_attempt_at: Option<Millis>,
+    pub next_attempt_at: Option<Millis>,
+    pub state: DeliveryState,
+    pub finished_at: Option<Millis>,
+}

@@ -285,6 +285,35 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
             None,
             json!({"200": ok("Providers", list_of("ProviderStatus"))}),
         ),
+        ("POST", "/admin/v1/webhooks") => (
+            Some(
+                json!({"type": "object", "required": ["url", "events"], "additionalProperties": false,
+                "properties": {"url": {"type": "string", "format": "uri", "description": "http:// or https://"},
+                    "events": {"type": "array", "items": schema("EventType")},
+                    "description": {"type": "string", "maxLength": 500}}}),
+            ),
+            json!({"201": ok("The endpoint with its signing secret (shown only here)", schema("Webhook"))}),
+        ),
+        ("GET", "/admin/v1/webhooks") => (
+            None,
+            json!({"200": ok("Webhook endpoints", list_of("Webhook"))}),
+        ),
+        ("DELETE", "/admin/v1/webhooks/{id}") => (
+            None,
+            json!({"200": ok("Deleted", json!({"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"const": true}}}))}),
+        ),
+        ("GET", "/admin/v1/webhooks/{id}/deliveries") => {
+            params.push(json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}));
+            params.push(query(
+                "cursor",
+                "string",
+                "next_cursor of the previous page",
+            ));
+            (
+                None,
+                json!({"200": ok("Deliveries, newest first", list_of("WebhookDelivery"))}),
+            )
+        }
         _ => (None, json!({"200": ok("OK", json!({"type": "object"}))})),
     }
 }
@@ -353,6 +382,16 @@ fn components() -> Value {
             "Model": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "model"},
                 "availability": {"enum": ["instant", "deploying", "cold"]}, "estimated_deploy_seconds": {"type": ["integer", "null"]}},
                 "additionalProperties": true},
+            "EventType": {"enum": ["*", "rental.running", "rental.ended", "deployment.ready", "account.low_balance", "account.spend_limit"]},
+            "Webhook": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "webhook"},
+                "url": {"type": "string"}, "events": {"type": "array", "items": schema("EventType")},
+                "description": {"type": ["string", "null"]}, "created_at": time,
+                "secret": {"type": "string", "description": "whsec_ + base64 of the 32-byte HMAC key; present only when the endpoint is created"}}},
+            "WebhookDelivery": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "webhook_delivery"},
+                "webhook_id": {"type": "string"}, "event_id": {"type": "string", "description": "webhook-id of every attempt"},
+                "type": schema("EventType"), "status": {"enum": ["waiting", "pending", "delivered", "failed"]},
+                "attempts": {"type": "integer"}, "last_status": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
+                "created_at": time, "last_attempt_at": time, "next_attempt_at": time, "finished_at": time}},
             "Deploying": {"type": "object", "properties": {"status": {"const": "deploying"}, "message": {"type": "string"},
                 "type": {"const": "model_deploying"}, "estimated_ready_seconds": {"type": "integer"}}}
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use hyper::Response;
 
-use super::handlers::{admin, credits, gpus, openai, prices, service};
+use super::handlers::{admin, credits, gpus, openai, prices, service, webhooks};
 use super::router::{Ctx, IntoResponse};
 use super::{App, Body};
 use crate::error::Result;
@@ -290,6 +290,30 @@ pub static ROUTES: &[Route] = &[
         Admin,
         "Tear any rental down",
         h!(admin::teardown),
+    ),
+    post(
+        "/admin/v1/webhooks",
+        Admin,
+        "Register a webhook endpoint (its signing secret is shown once)",
+        h!(webhooks::create),
+    ),
+    get(
+        "/admin/v1/webhooks",
+        Admin,
+        "List webhook endpoints",
+        h!(webhooks::list),
+    ),
+    delete(
+        "/admin/v1/webhooks/{id}",
+        Admin,
+        "Delete a webhook endpoint (nothing more is sent to it)",
+        h!(webhooks::delete),
+    ),
+    get(
+        "/admin/v1/webhooks/{id}/deliveries",
+        Admin,
+        "A webhook endpoint's deliveries, newest first",
+        h!(webhooks::deliveries),
     ),
 ];
 

@@ -132,3 +132,39 @@ pub(crate) fn price_row(r: &crate::history::PriceRow) -> Value {
         "available": r.available,
     })
 }
+
+/// A webhook endpoint. `secret` is given only in the answer that created it: the key
+/// is never shown again.
+pub(crate) fn webhook(w: &crate::model::Webhook, secret: Option<&str>) -> Value {
+    let mut v = json!({
+        "id": w.id,
+        "object": "webhook",
+        "url": w.url,
+        "events": w.events,
+        "description": w.description,
+        "created_at": rfc3339(w.created_at),
+    });
+    if let Some(s) = secret {
+        v["secret"] = Value::String(s.to_string());
+    }
+    v
+}
+
+/// One delivery of an event to an endpoint (its body is not repeated here).
+pub(crate) fn delivery(d: &crate::model::Delivery) -> Value {
+    json!({
+        "id": format!("dlv_{}", d.seq),
+        "object": "webhook_delivery",
+        "webhook_id": d.webhook_id,
+        "event_id": d.event_id,
+        "type": d.event_type,
+        "status": d.state.as_str(),
+        "attempts": d.attempts,
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "created_at": rfc3339(d.created_at),
+        "last_attempt_at": opt_time(d.last_attempt_at),
+        "next_attempt_at": opt_time(d.next_attempt_at),
+        "finished_at": opt_time(d.finished_at),
+    })
+}

@@ -393,6 +393,25 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), String> {
             crate::inference::MAX_WAIT_SECONDS
         ),
     );
+    let w = &cfg.webhooks;
+    check(
+        !w.low_balance_usd.is_negative(),
+        "webhooks.low_balance_usd: must be >= 0".into(),
+    );
+    check(
+        (1..=300).contains(&w.timeout_seconds),
+        format!(
+            "webhooks.timeout_seconds: {} is not from 1 to 300",
+            w.timeout_seconds
+        ),
+    );
+    check(
+        (1..=3650).contains(&w.retention_days),
+        format!(
+            "webhooks.retention_days: {} is not from 1 to 3650",
+            w.retention_days
+        ),
+    );
     let s = &cfg.sandbox;
     check(
         (0.0..1.0).contains(&s.price_drift),

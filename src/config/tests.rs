@@ -30,6 +30,7 @@ fn defaults_when_nothing_is_given() {
     let (cfg, warnings) = load(&ServeFlags::default(), &[]).unwrap();
     assert_eq!(cfg, Config::default());
     assert_eq!(cfg.history.retention_days, 90);
+    assert_eq!(cfg.webhooks.low_balance_usd, Usd::from_dollars(5));
     assert!(warnings.is_empty(), "{warnings:?}");
     assert!(cfg.sandbox_mode());
 }
@@ -84,6 +85,7 @@ fn every_section_scalar_is_settable_from_env() {
         ("SPOTD_SANDBOX_PRICE_DRIFT", "0.5"),
         ("SPOTD_DEPLOYMENTS_IDLE_TIMEOUT_SECONDS", "60"),
         ("SPOTD_HISTORY_RETENTION_DAYS", "7"),
+        ("SPOTD_WEBHOOKS_LOW_BALANCE_USD", "2.5"),
         ("SPOTD_SANDBOX", "1"),
     ]);
     let (cfg, w) = load(&ServeFlags::default(), &e).unwrap();
@@ -94,6 +96,7 @@ fn every_section_scalar_is_settable_from_env() {
     assert_eq!(cfg.sandbox.price_drift, 0.5);
     assert_eq!(cfg.deployments.idle_timeout_seconds, 60);
     assert_eq!(cfg.history.retention_days, 7);
+    assert_eq!(cfg.webhooks.low_balance_usd, Usd(2_500_000));
     assert!(cfg.force_sandbox);
 }
 
@@ -256,6 +259,9 @@ fn validation_names_each_bad_key() {
         ("[sandbox]\nprice_drift = 1.0", "sandbox.price_drift:"),
         ("[history]\nretention_days = 0", "history.retention_days:"),
         ("[history]\nretention_days = 4000", "history.retention_days:"),
+        ("[webhooks]\nlow_balance_usd = -1", "webhooks.low_balance_usd:"),
+        ("[webhooks]\ntimeout_seconds = 0", "webhooks.timeout_seconds:"),
+        ("[webhooks]\nretention_days = 0", "webhooks.retention_days:"),
         ("[sandbox]\nprice_drift = -0.1", "sandbox.price_drift:"),
         ("[sandbox]\npreemptions_per_hour = -1", "sandbox.preemptions_per_hour:"),
         ("[sandbox]\npreemptions_per_hour = inf", "sandbox.preemptions_per_hour:"),

@@ -93,12 +93,54 @@ impl Inference {
             Ok(resp) if resp.status.is_success()
         );
         if ok {
-            self.ready
+            let fresh = self
+                .ready
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(r.id.clone(), endpoint.clone());
+                .insert(r.id.clone(), endpoint.clone())
+                .is_none();
+            if fresh {
+                self.record_ready(&r.id);
+            }
         }
         ok
+    }
+
+    /// Whether this process already found the deployment ready at its endpoint.
+    pub(super) fn known_ready(&self, r: &Rental) -> bool {
+        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        r.endpoint
+            .as_ref()
+            .is_some_and(|e| ready.get(&r.id).is_some_and(|at| at == e))
+    }
+
+    /// Records `deployment.ready` in the background (once per deployment: the store
+    /// keeps a marker, so a restart that probes it ready again records nothing).
+    fn record_ready(&self, rental: &str) {
+        let (store, clock, id) = (self.store.clone(), self.clock.clone(), rental.to_string());
+        self.tasks.spawn(async move {
+            let now = clock.now();
+            let rid = id.clone();
+            let res = store
+                .write(move |tx| crate::webhooks::events::record_deployment_ready(tx, &rid, now))
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(rental = %id, error = %e, "could not record deployment.ready");
+            }
+        });
+    }
+
+    /// Probes the running deployments not yet known ready, all at once (each probe is
+    /// short): a deployment becomes ready, and `deployment.ready` is sent, without a
+    /// request having to ask. Answers whether some are still not ready.
+    pub(super) async fn probe_unready(&self, running: Vec<Rental>) -> bool {
+        let unready: Vec<Rental> = running
+            .into_iter()
+            .filter(|r| !self.known_ready(r))
+            .collect();
+        let probes = unready.iter().map(|r| self.is_ready(r));
+        let ready = futures_util::future::join_all(probes).await;
+        ready.iter().any(|ok| !ok)
     }
 
     pub(super) async fn status_of(&self, r: Option<Rental>) -> Status {

@@ -1,4 +1,5 @@
-//! Deployment activity and the idle reaper.
+//! Deployment activity and the idle reaper, which also probes running deployments
+//! not yet ready (so `deployment.ready` goes out without a request asking).
 //!
 //! Activity is proxied requests: a request or stream in flight keeps its deployment
 //! active, and the idle clock starts when the last one ends. The reaper sleeps until
@@ -21,6 +22,8 @@ use super::Inference;
 pub const PERSIST_EVERY_MS: i64 = 30_000;
 /// The reaper re-reads the store at least this often (new deployments, restarts).
 const RESCAN_MS: i64 = 60_000;
+/// A running deployment whose model server does not answer yet is probed this often.
+const UNREADY_PROBE_MS: i64 = 5_000;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Entry {
@@ -109,9 +112,11 @@ pub async fn reap_once(inf: &Inference) -> Millis {
         }
     };
     let mut next = now + RESCAN_MS;
+    let mut running = Vec::new();
     for r in deps.into_iter().filter(|r| r.model.is_some()) {
         match r.state {
             RentalState::Running => {
+                running.push(r.clone());
                 let (in_flight, last_mem) = inf.activity.get(&r.id);
                 if in_flight > 0 {
                     next = next.min(now + idle_ms);
@@ -143,6 +148,11 @@ pub async fn reap_once(inf: &Inference) -> Millis {
             RentalState::Provisioning => next = next.min(now + idle_ms.clamp(1_000, 10_000)),
             _ => {}
         }
+    }
+    // Readiness without waiting for a request (deployment.ready), probed again soon
+    // while a model server does not answer yet.
+    if inf.probe_unready(running).await {
+        next = next.min(now + UNREADY_PROBE_MS);
     }
     next
 }

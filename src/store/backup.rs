@@ -59,6 +59,14 @@ pub(super) fn snapshot_to(src: &ReadTransaction, dest: &Path) -> Result<BackupSt
     copy!(ACTIVE_RENTALS, ACCOUNT_ACTIVE);
     copy!(TOTALS);
     copy!(PRICE_HISTORY);
+    copy!(
+        WEBHOOKS,
+        DELIVERIES,
+        DELIVERIES_DUE,
+        DELIVERY_STREAMS,
+        WEBHOOK_DELIVERIES,
+        DELIVERIES_DONE
+    );
     let present: BTreeSet<String> = src.list_tables()?.map(|h| h.name().to_string()).collect();
     if let Some(missing) = present.difference(&copied).next() {
         drop(out);

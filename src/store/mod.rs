@@ -20,6 +20,7 @@ mod reads;
 pub(crate) mod tables;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 mod writer;
 mod writes;
 
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
-use crate::model::Rental;
+use crate::model::{Account, Rental};
 use tables::*;
 use writer::{writer_loop, Completion, Job, Op};
 
@@ -46,9 +47,35 @@ pub use writes::Tx;
 /// RSS from 43 to 260 MB). Reads that need more go to the OS page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// What the store tells about the writes it makes, from inside their transaction, so
+/// what it writes in turn (the webhooks outbox) commits or rolls back with them. The
+/// daemon installs one ([`Store::observe`]); a store without one just writes.
+pub(crate) trait WriteObserver: Send + Sync {
+    /// `r` was written over `old` (`None`: a new rental).
+    fn rental_written(
+        &self,
+        tx: &Tx<'_>,
+        old: Option<&Rental>,
+        r: &Rental,
+    ) -> Result<(), StoreError>;
+    /// `a` was written over `old` (`None`: a new account).
+    fn account_written(
+        &self,
+        tx: &Tx<'_>,
+        old: Option<&Account>,
+        a: &Account,
+    ) -> Result<(), StoreError>;
+    /// A commit made a delivery due (`Tx::enqueue_delivery` and friends); called on the
+    /// writer thread after the commit, before its callers are answered.
+    fn committed(&self);
+}
+
+pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn WriteObserver>>>;
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    observer: ObserverSlot,
     /// The database file (backups are written beside it).
     path: Arc<std::path::PathBuf>,
     jobs: mpsc::Sender<Job>,
@@ -98,6 +125,13 @@ impl Store {
             txn.open_table(IDEMPOTENCY)?;
             // Schema 5's table: history starts empty, so opening it is the migration.
             txn.open_table(PRICE_HISTORY)?;
+            // Schema 6's: the webhook endpoints and their outbox start empty too.
+            txn.open_table(WEBHOOKS)?;
+            txn.open_table(DELIVERIES)?;
+            txn.open_table(DELIVERIES_DUE)?;
+            txn.open_table(DELIVERY_STREAMS)?;
+            txn.open_table(WEBHOOK_DELIVERIES)?;
+            txn.open_table(DELIVERIES_DONE)?;
             {
                 let mut meta = txn.open_table(META)?;
                 let existing = meta
@@ -109,7 +143,7 @@ impl Store {
                         meta.insert("schema_version", codec::encode(&SCHEMA_VERSION)?.as_slice())?;
                     }
                     Some(v) if v == SCHEMA_VERSION => {}
-                    Some(v @ 1..=4) => {
+                    Some(v @ 1..=5) => {
                         if v < 2 {
                             migrate_1_to_2(&txn)?;
                         }
@@ -136,17 +170,26 @@ impl Store {
         let wdb = db.clone();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let wcommits = commits.clone();
+        let observer = ObserverSlot::default();
+        let wobserver = observer.clone();
         std::thread::Builder::new()
             .name("spotd-store-writer".into())
-            .spawn(move || writer_loop(wdb, rx, &wcommits))
+            .spawn(move || writer_loop(wdb, rx, &wcommits, &wobserver))
             .map_err(|e| StoreError::WriterThread(Arc::new(e)))?;
         backup::remove_stale(path);
         Ok(Store {
             db,
+            observer,
             path: Arc::new(path.to_path_buf()),
             jobs: tx,
             commits,
         })
+    }
+
+    /// Installs the observer of rental and account writes (once; later calls are
+    /// ignored). Writes already queued may run before it.
+    pub(crate) fn observe(&self, o: Arc<dyn WriteObserver>) {
+        let _ = self.observer.set(o);
     }
 
     /// Runs `f` inside the next group commit and returns its result once durable.
@@ -239,12 +282,17 @@ impl Store {
             let tx = Tx {
                 txn: &txn,
                 wrote: Cell::new(false),
+                observer: self.observer.get().map(|o| &**o),
+                outbox: Cell::new(false),
             };
-            f(&tx)
+            f(&tx).map(|v| (v, tx.outbox.get()))
         };
         match r {
-            Ok(v) => {
+            Ok((v, outbox)) => {
                 txn.commit().map_err(StoreError::from)?;
+                if let (true, Some(o)) = (outbox, self.observer.get()) {
+                    o.committed();
+                }
                 Ok(v)
             }
             Err(e) => {

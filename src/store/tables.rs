@@ -43,8 +43,28 @@ pub const RENTALS_BY_TIME: TableDefinition<(i64, &str), ()> =
 pub const PRICE_HISTORY: TableDefinition<(&str, i64, &str, bool), &[u8]> =
     TableDefinition::new("price_history");
 
+/// Webhook id -> `Webhook` (schema 6): the endpoints events are delivered to.
+pub const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks");
+/// Delivery seq -> `Delivery` (schema 6): the outbox, one row per event and endpoint.
+pub const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// (next attempt ms, seq) -> () (schema 6): deliveries whose attempt is due then, and
+/// only those (a delivery waiting for an earlier event of its stream is not here), so
+/// the delivery worker reads what is due and nothing else.
+pub const DELIVERIES_DUE: TableDefinition<(i64, u64), ()> = TableDefinition::new("deliveries_due");
+/// (webhook id, stream, seq) -> () (schema 6): unfinished deliveries of one rental's (or
+/// account's) events to one endpoint, in event order; the first is the one that may go.
+pub const DELIVERY_STREAMS: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("delivery_streams");
+/// (webhook id, seq) -> () (schema 6): each endpoint's deliveries, for its list.
+pub const WEBHOOK_DELIVERIES: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("webhook_deliveries");
+/// (finished ms, seq) -> () (schema 6): finished deliveries in the order they finished,
+/// for the retention sweep.
+pub const DELIVERIES_DONE: TableDefinition<(i64, u64), ()> =
+    TableDefinition::new("deliveries_done");
+
 /// Bumped when a table's key or value layout changes, or a table is added that must be
 /// built from the others (`Store::open` migrates: 1 -> 2 builds `account_active`,
 /// 2 -> 3 builds `totals`, 3 -> 4 builds `rentals_by_time`, 4 -> 5 adds the empty
-/// `price_history`).
-pub const SCHEMA_VERSION: u32 = 5;
+/// `price_history`, 5 -> 6 the empty webhook tables).
+pub const SCHEMA_VERSION: u32 = 6;

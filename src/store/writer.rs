@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc};
 
 use redb::Database;
 
-use super::{StoreError, Tx};
+use super::{ObserverSlot, StoreError, Tx};
 
 /// What the writer runs: the operation, returning what to do once the commit is known.
 pub(super) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -27,7 +27,12 @@ pub(super) enum Job {
 /// Up to this many queued operations share one commit.
 const MAX_BATCH: usize = 512;
 
-pub(super) fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
+pub(super) fn writer_loop(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Job>,
+    commits: &AtomicU64,
+    observer: &ObserverSlot,
+) {
     let mut stop: Option<std::sync::mpsc::Sender<()>> = None;
     while let Ok(first) = rx.recv() {
         let mut pending = Vec::new();
@@ -42,7 +47,7 @@ pub(super) fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>, commits: &
                 Err(_) => break,
             }
         }
-        run_batch(&db, pending, commits);
+        run_batch(&db, pending, commits, observer);
         if stop.is_some() {
             break;
         }
@@ -55,7 +60,7 @@ pub(super) fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<Job>, commits: &
     }
 }
 
-fn run_batch(db: &Database, pending: Vec<Op>, commits: &AtomicU64) {
+fn run_batch(db: &Database, pending: Vec<Op>, commits: &AtomicU64, observer: &ObserverSlot) {
     if pending.is_empty() {
         return;
     }
@@ -80,9 +85,12 @@ fn run_batch(db: &Database, pending: Vec<Op>, commits: &AtomicU64) {
             };
             let mut done: Vec<Completion> = Vec::new();
             let mut panicked = false;
+            let obs = observer.get().map(|o| &**o);
             let tx = Tx {
                 txn: &txn,
                 wrote: Cell::new(false),
+                observer: obs,
+                outbox: Cell::new(false),
             };
             for job in queue.by_ref() {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
@@ -110,8 +118,14 @@ fn run_batch(db: &Database, pending: Vec<Op>, commits: &AtomicU64) {
                 }
                 continue;
             }
+            let outbox = tx.outbox.get();
             let res = txn.commit().map_err(StoreError::from);
             commits.fetch_add(1, Ordering::Relaxed);
+            // Before the callers hear of the commit, so a delivery made due by a write
+            // is already signalled when that write is acknowledged.
+            if let (Ok(()), true, Some(o)) = (&res, outbox, obs) {
+                o.committed();
+            }
             for c in done {
                 c(res.clone());
             }

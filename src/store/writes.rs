@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::codec;
 use super::tables::*;
-use super::StoreError;
+use super::{StoreError, WriteObserver};
 use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
 
 /// A write transaction handed to a [`super::Store::write`] closure.
@@ -17,6 +17,10 @@ pub struct Tx<'a> {
     pub(super) txn: &'a WriteTransaction,
     /// Set by every write, so a failing operation that wrote can be rolled back.
     pub(super) wrote: Cell<bool>,
+    /// Told about rental and account writes, inside this transaction (the outbox).
+    pub(super) observer: Option<&'a dyn WriteObserver>,
+    /// Set when a delivery became due: the observer hears of it after the commit.
+    pub(super) outbox: Cell<bool>,
 }
 
 fn put<T: Serialize>(
@@ -61,7 +65,12 @@ impl Tx<'_> {
     }
     pub fn put_account(&self, a: &Account) -> Result<(), StoreError> {
         self.mark();
-        put(self.txn, ACCOUNTS, &a.id, a)
+        let Some(obs) = self.observer else {
+            return put(self.txn, ACCOUNTS, &a.id, a);
+        };
+        let old = self.account(&a.id)?;
+        put(self.txn, ACCOUNTS, &a.id, a)?;
+        obs.account_written(self, old.as_ref(), a)
     }
     pub(crate) fn put_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
         self.mark();
@@ -135,7 +144,11 @@ impl Tx<'_> {
             active.insert(r.id.as_str(), ())?;
             by_account.insert(key, ())?;
         }
-        Ok(())
+        drop((active, by_account));
+        match self.observer {
+            Some(obs) => obs.rental_written(self, old.as_ref(), r),
+            None => Ok(()),
+        }
     }
     /// Moves a running total by `by` on its own, out of step with what it counts: only
     /// the simulator's injected defect does this.

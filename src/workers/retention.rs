@@ -3,7 +3,8 @@
 //! of idempotent credits), and so is price history older than
 //! `history.retention_days`, in one pass over each table in batches of 1,000 rows, one
 //! commit each; and hosted request charges older than `billing.request_detail_days`
-//! are folded into one charge per account, model and UTC day (`ledger::fold`).
+//! are folded into one charge per account, model and UTC day (`ledger::fold`); webhook
+//! deliveries that finished more than `webhooks.retention_days` (7) ago are swept.
 
 use std::future::Future;
 
@@ -111,6 +112,29 @@ pub(crate) async fn sweep_history(
     Ok(total)
 }
 
+/// Removes webhook deliveries that finished (delivered or given up) more than
+/// `retention_days` ago; answers how many. Pending ones stay whatever their age.
+pub(crate) async fn sweep_deliveries(
+    store: &Store,
+    clock: &Clock,
+    retention_days: u64,
+) -> Result<usize, StoreError> {
+    let keep = i64::try_from(retention_days)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(24 * 3600 * 1000);
+    let cutoff = clock.now().saturating_sub(keep);
+    let mut total = 0;
+    loop {
+        let (n, more) = store
+            .write(move |tx| tx.sweep_deliveries(cutoff, BATCH))
+            .await?;
+        total += n;
+        if !more {
+            return Ok(total);
+        }
+    }
+}
+
 /// Sweeps at start and every hour until shutdown. The ticker is registered when this
 /// is called.
 pub(crate) fn run(
@@ -118,6 +142,7 @@ pub(crate) fn run(
     clock: Clock,
     request_detail_days: u64,
     retention_days: u64,
+    webhook_retention_days: u64,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     let mut ticker = clock.ticker(Signal::new("retention"));
@@ -143,6 +168,11 @@ pub(crate) fn run(
                 Ok(0) => {}
                 Ok(rows) => tracing::info!(rows, retention_days, "swept old price history"),
                 Err(e) => tracing::warn!(error = %e, "price history sweep failed"),
+            }
+            match sweep_deliveries(&store, &clock, webhook_retention_days).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, webhook_retention_days, "swept old webhook deliveries"),
+                Err(e) => tracing::warn!(error = %e, "webhook delivery sweep failed"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,

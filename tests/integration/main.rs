@@ -11,6 +11,7 @@
 
 mod common;
 mod providers_mock;
+mod receiver;
 
 mod auth_limits;
 mod backup;
@@ -37,3 +38,4 @@ mod restart;
 mod sandbox_ssh;
 mod shipping;
 mod simulate;
+mod webhooks;

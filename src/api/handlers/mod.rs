@@ -8,6 +8,7 @@ pub mod gpus;
 pub mod openai;
 pub mod prices;
 pub mod service;
+pub mod webhooks;
 
 use hyper::StatusCode;
 
