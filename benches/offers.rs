@@ -109,7 +109,13 @@ fn bench(c: &mut Criterion) {
         .collect();
     // Both sides must return the same page, or the comparison is meaningless.
     for (name, q) in &parsed {
-        let a = market.query(q).expect("query").data;
+        let a: Vec<Offer> = market
+            .query(q)
+            .expect("query")
+            .data
+            .iter()
+            .map(|o| Offer::clone(o))
+            .collect();
         let b = linear_scan(&all, q);
         assert_eq!(a, b, "{name}: index and linear scan disagree");
     }

@@ -194,7 +194,14 @@ async fn dispatch(
 }
 
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    json_bytes(
+        status,
+        serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()),
+    )
+}
+
+/// A JSON body already encoded.
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(full(bytes));
     *r.status_mut() = status;
     r.headers_mut()

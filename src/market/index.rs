@@ -11,6 +11,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use super::Listed;
 use crate::model::Offer;
 
 use super::query::{gpu_matches, OfferFilter, Sort};
@@ -27,7 +28,7 @@ pub(crate) struct Snapshot {
     pub epoch: u64,
     pub version: u64,
     /// Sorted by id, ids unique.
-    pub offers: Vec<Arc<Offer>>,
+    pub offers: Vec<Arc<Listed>>,
     /// Per sort order: positions into `offers`, in that order.
     orders: [Vec<u32>; SORTS],
     groups: Vec<GpuGroup>,
@@ -35,10 +36,10 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Builds the indexes. A later duplicate id replaces an earlier one.
-    pub fn build(epoch: u64, version: u64, mut offers: Vec<Arc<Offer>>) -> Snapshot {
+    pub fn build(epoch: u64, version: u64, mut offers: Vec<Arc<Listed>>) -> Snapshot {
         // Stable sort keeps input order among equal ids, so "later wins" is well defined.
         offers.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut dedup: Vec<Arc<Offer>> = Vec::with_capacity(offers.len());
+        let mut dedup: Vec<Arc<Listed>> = Vec::with_capacity(offers.len());
         for o in offers {
             match dedup.last_mut() {
                 Some(last) if last.id == o.id => *last = o,
@@ -91,7 +92,7 @@ impl Snapshot {
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<&Arc<Offer>> {
+    pub fn get(&self, id: &str) -> Option<&Arc<Listed>> {
         self.offers
             .binary_search_by(|o| o.id.as_str().cmp(id))
             .ok()
@@ -99,7 +100,7 @@ impl Snapshot {
     }
 
     /// The offer at `rank` in `sort` order.
-    pub(crate) fn at_rank(&self, sort: Sort, rank: usize) -> Option<&Arc<Offer>> {
+    pub(crate) fn at_rank(&self, sort: Sort, rank: usize) -> Option<&Arc<Listed>> {
         let p = *self.orders[sort.index()].get(rank)?;
         self.offers.get(p as usize)
     }
@@ -117,7 +118,7 @@ impl Snapshot {
     /// until `visit` breaks or the candidates run out.
     pub fn walk<F>(&self, filter: &OfferFilter, sort: Sort, from: usize, mut visit: F)
     where
-        F: FnMut(usize, &Arc<Offer>) -> ControlFlow<()>,
+        F: FnMut(usize, &Arc<Listed>) -> ControlFlow<()>,
     {
         let order = &self.orders[sort.index()];
         // In price order nothing after the first offer above max_price can match.

@@ -37,10 +37,47 @@ pub use query::{gpu_matches, OfferFilter, OfferQuery, Sort};
 /// (about 50 bytes per offer).
 pub(crate) const KEEP_SNAPSHOTS: usize = 16;
 
+/// An offer as the market holds it, with room for its rendering: the API encodes an
+/// offer's JSON once for as long as it is listed (a refresh lists a new one), not once
+/// per request. Derefs to the offer.
+#[derive(Debug)]
+pub struct Listed {
+    offer: Offer,
+    rendered: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl Listed {
+    fn arc(offer: Offer) -> Arc<Listed> {
+        Arc::new(Listed {
+            offer,
+            rendered: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The offer's rendering, made by `render` the first time it is asked for.
+    pub fn rendered(&self, render: impl FnOnce(&Offer) -> Vec<u8>) -> &[u8] {
+        self.rendered
+            .get_or_init(|| render(&self.offer).into_boxed_slice())
+    }
+}
+
+impl std::ops::Deref for Listed {
+    type Target = Offer;
+    fn deref(&self) -> &Offer {
+        &self.offer
+    }
+}
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Listed) -> bool {
+        self.offer == other.offer
+    }
+}
+
 /// One page of offers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OfferPage {
-    pub data: Vec<Offer>,
+    pub data: Vec<Arc<Listed>>,
     /// `None` on the last page.
     pub next_cursor: Option<String>,
 }
@@ -102,7 +139,7 @@ impl Market {
     /// The market at start-up, from the offers persisted in redb.
     pub fn from_offers(offers: Vec<Offer>) -> Market {
         let epoch = random_epoch();
-        let snap = Snapshot::build(epoch, 1, offers.into_iter().map(Arc::new).collect());
+        let snap = Snapshot::build(epoch, 1, offers.into_iter().map(Listed::arc).collect());
         Market {
             inner: Arc::new(Inner {
                 epoch,
@@ -133,7 +170,7 @@ impl Market {
     /// Replaces every offer of `provider` with `offers` (an offer not in the list
     /// disappears) in one new snapshot.
     pub fn replace_provider(&self, provider: &str, offers: Vec<Offer>) {
-        self.rebuild(provider, offers.into_iter().map(Arc::new).collect());
+        self.rebuild(provider, offers.into_iter().map(Listed::arc).collect());
     }
 
     /// Removes every offer of `provider`.
@@ -141,7 +178,7 @@ impl Market {
         self.rebuild(provider, Vec::new());
     }
 
-    fn rebuild(&self, provider: &str, mut fresh: Vec<Arc<Offer>>) {
+    fn rebuild(&self, provider: &str, mut fresh: Vec<Arc<Listed>>) {
         let _guard = self.inner.build.lock().unwrap_or_else(|e| e.into_inner());
         let base = self.current();
         {
@@ -244,9 +281,9 @@ impl Market {
                 }
             }
         };
-        let mut data: Vec<(usize, Offer)> = Vec::with_capacity(q.limit + 1);
+        let mut data: Vec<(usize, Arc<Listed>)> = Vec::with_capacity(q.limit + 1);
         snap.walk(&q.filter, q.sort, from, |rank, o| {
-            data.push((rank, Offer::clone(o)));
+            data.push((rank, o.clone()));
             if data.len() > q.limit {
                 ControlFlow::Break(())
             } else {

@@ -82,7 +82,7 @@ fn walk_all(m: &Market, qs: &str) -> Vec<String> {
     loop {
         let page = m.query(&q).unwrap();
         assert!(page.data.len() <= q.limit);
-        ids.extend(page.data.into_iter().map(|o| o.id));
+        ids.extend(page.data.into_iter().map(|o| o.id.clone()));
         match page.next_cursor {
             Some(c) => q.cursor = Some(c),
             None => return ids,
@@ -345,7 +345,7 @@ fn pagination_is_stable_while_prices_change() {
     let mut round = 0u64;
     loop {
         let page = m.query(&q).unwrap();
-        got.extend(page.data.into_iter().map(|o| o.id));
+        got.extend(page.data.into_iter().map(|o| o.id.clone()));
         // Every provider reprices everything between two pages.
         round += 1;
         let p = PROVIDERS[(round as usize) % PROVIDERS.len()];

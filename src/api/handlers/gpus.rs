@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hyper::StatusCode;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::super::router::{idempotent, Ctx, Reply};
 use super::super::{views, App};
@@ -14,16 +15,27 @@ use crate::model::TerminationReason;
 use crate::money::{self, Usd};
 use crate::rentals::{RentRequest, RentTarget};
 
-pub async fn list_offers(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+/// The hot read: each offer's JSON is encoded once while it is listed
+/// ([`crate::market::Listed::rendered`]) and a page is those bytes joined, with no
+/// `Value` tree and no copy of an offer per request.
+pub async fn list_offers(app: &Arc<App>, ctx: &Ctx) -> Result<hyper::Response<super::super::Body>> {
     let q = OfferQuery::from_query_string(&ctx.query)?;
     let page = app.market.query(&q)?;
-    Ok((
-        StatusCode::OK,
-        views::list(
-            page.data.iter().map(views::offer).collect(),
-            page.next_cursor,
-        ),
-    ))
+    let mut out = Vec::with_capacity(64 + page.data.len() * 360);
+    out.extend_from_slice(br#"{"object":"list","data":["#);
+    for (i, o) in page.data.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(o.rendered(|o| views::offer(o).to_string().into_bytes()));
+    }
+    out.extend_from_slice(br#"],"next_cursor":"#);
+    match &page.next_cursor {
+        Some(c) => out.extend_from_slice(Value::String(c.clone()).to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    Ok(super::super::router::json_bytes(StatusCode::OK, out))
 }
 
 pub async fn get_offer(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
