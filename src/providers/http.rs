@@ -57,28 +57,18 @@ fn status_error(r: &HttpResponse) -> ProviderError {
 /// written in a language with binary floats sends `0.30000000000000004`) are rounded
 /// up to the micro-dollar, as for the other providers; an offer that still does not
 /// fit the protocol is skipped with a warning instead of failing the whole listing.
-fn offers_of(provider: &str, v: &serde_json::Value) -> Result<Vec<ProviderOffer>, ProviderError> {
-    let list = v
-        .get("offers")
-        .and_then(serde_json::Value::as_array)
-        .ok_or_else(|| ProviderError::Unavailable("answer without \"offers\"".into()))?;
-    let mut out = Vec::with_capacity(list.len());
-    let mut skipped: Option<(usize, String)> = None;
-    for o in list {
-        let mut o = o.clone();
-        for field in ["price_per_hour", "on_demand_price_per_hour"] {
-            if let Some(p) = o.get(field).and_then(rest::usd_per_hour) {
-                o[field] = p.to_json();
-            }
-        }
-        match serde_json::from_value::<ProviderOffer>(o) {
-            Ok(offer) => out.push(offer),
-            Err(e) => {
-                let s = skipped.get_or_insert((0, e.to_string()));
-                s.0 += 1;
-            }
-        }
-    }
+///
+/// The list is parsed as it is read: one offer at a time becomes a `Value` (for the
+/// rounding) and then a `ProviderOffer`, so a 100k-offer listing costs its body and
+/// the offers, never a `Value` tree of the whole list (which took RSS to ~800 MB).
+fn offers_of(provider: &str, body: &[u8]) -> Result<Vec<ProviderOffer>, ProviderError> {
+    let listing: Listing = serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Unavailable(format!("unreadable offers answer: {e}")))?;
+    let Some((out, skipped)) = listing.offers else {
+        return Err(ProviderError::Unavailable(
+            "answer without \"offers\"".into(),
+        ));
+    };
     match skipped {
         Some((n, first)) if out.is_empty() => Err(ProviderError::Unavailable(format!(
             "none of the {n} offers is valid: {first}"
@@ -88,6 +78,77 @@ fn offers_of(provider: &str, v: &serde_json::Value) -> Result<Vec<ProviderOffer>
             Ok(out)
         }
         None => Ok(out),
+    }
+}
+
+/// The offers and (how many were skipped, the first reason).
+type Parsed = (Vec<ProviderOffer>, Option<(usize, String)>);
+
+/// `{"offers": [...], ...}`, other keys ignored.
+struct Listing {
+    offers: Option<Parsed>,
+}
+
+impl<'de> serde::Deserialize<'de> for Listing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Listing, D::Error> {
+        struct Top;
+        impl<'de> serde::de::Visitor<'de> for Top {
+            type Value = Listing;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with \"offers\"")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Listing, A::Error> {
+                let mut offers = None;
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if k == "offers" && offers.is_none() {
+                        offers = Some(m.next_value_seed(Offers)?);
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Listing { offers })
+            }
+        }
+        d.deserialize_map(Top)
+    }
+}
+
+/// The `offers` array, one element at a time.
+struct Offers;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Offers {
+    type Value = Parsed;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Offers {
+    type Value = Parsed;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of offers")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+        let mut skipped: Option<(usize, String)> = None;
+        while let Some(mut o) = seq.next_element::<serde_json::Value>()? {
+            for field in ["price_per_hour", "on_demand_price_per_hour"] {
+                if let Some(p) = o.get(field).and_then(rest::usd_per_hour) {
+                    o[field] = p.to_json();
+                }
+            }
+            match serde_json::from_value::<ProviderOffer>(o) {
+                Ok(offer) => out.push(offer),
+                Err(e) => {
+                    let s = skipped.get_or_insert((0, e.to_string()));
+                    s.0 += 1;
+                }
+            }
+        }
+        Ok((out, skipped))
     }
 }
 
@@ -107,8 +168,7 @@ impl Provider for HttpProvider {
         if r.status != StatusCode::OK {
             return Err(status_error(&r));
         }
-        let v: serde_json::Value = parse(&r)?;
-        offers_of(&self.api.name, &v)
+        offers_of(&self.api.name, &r.body)
     }
 
     async fn create_instance(&self, req: &CreateInstance) -> Result<Instance, ProviderError> {
@@ -176,8 +236,8 @@ mod tests {
                 "interruptible":true,"reliability":0.99,"available":1}}"#
             )
         };
-        let list = |offers: &[String]| -> serde_json::Value {
-            serde_json::from_str(&format!(r#"{{"offers":[{}]}}"#, offers.join(","))).unwrap()
+        let list = |offers: &[String]| -> Vec<u8> {
+            format!(r#"{{"next":null,"offers":[{}]}}"#, offers.join(",")).into_bytes()
         };
         let v = list(&[
             offer("a", "0.30000000000000004"),
@@ -196,7 +256,9 @@ mod tests {
         );
         let err = offers_of("pool", &list(&[offer("b", "[]")])).unwrap_err();
         assert!(err.to_string().contains("none of the 1 offers"), "{err}");
-        assert!(offers_of("pool", &serde_json::json!({"x": []})).is_err());
+        assert!(offers_of("pool", br#"{"x": []}"#).is_err());
+        assert!(offers_of("pool", b"[1, 2]").is_err());
+        assert!(offers_of("pool", br#"{"offers": 3}"#).is_err());
         assert_eq!(offers_of("pool", &list(&[])).unwrap(), vec![]);
     }
 
