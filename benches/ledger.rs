@@ -5,15 +5,16 @@
 //! One operation = place a hold for a new rental, charge it, release the rest: three
 //! ledger entries plus the rental and the account, in one transaction.
 //!
+//! Each phase runs on a fresh database, so the figure is that of a fixed size (the
+//! old bench reused one growing file and its figure slid within a run).
+//!
 //! Run: `cargo bench --bench ledger`
 
 #[path = "support/mod.rs"]
 mod support;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use support::offer;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use spotd::error::Error;
 use spotd::ledger;
 use spotd::model::{Account, Rental, RentalState};
@@ -21,7 +22,6 @@ use spotd::money::Usd;
 use spotd::store::{Store, Tx};
 
 const CALLERS: usize = 64;
-const OPS_PER_CALLER: usize = 8;
 
 fn rental(id: String, account: &str) -> Rental {
     Rental {
@@ -68,77 +68,84 @@ fn setup() -> (tempfile::TempDir, Store, Vec<String>) {
     (dir, store, ids)
 }
 
-fn bench(c: &mut Criterion) {
+/// Group-commit ops per phase (64 callers x this), and one-commit-per-op ops.
+const GROUP_OPS_PER_CALLER: usize = 100;
+const SINGLE_OPS_PER_CALLER: usize = 8;
+const ROUNDS: usize = 3;
+
+/// One phase on a fresh database (64 funded accounts, nothing else), so every phase
+/// measures the same thing: the first `64 x per_caller` ops of an empty data dir.
+fn phase(rt: &tokio::runtime::Runtime, grouped: bool, per_caller: usize) -> (f64, u64) {
+    let (dir, store, accounts) = setup();
+    let start = Instant::now();
+    if grouped {
+        rt.block_on(async {
+            let mut hs = Vec::with_capacity(CALLERS);
+            for (ci, acct) in accounts.iter().enumerate() {
+                let (s, acct) = (store.clone(), acct.clone());
+                hs.push(tokio::spawn(async move {
+                    for k in 0..per_caller {
+                        let (a, id) = (acct.clone(), format!("rnt_g{ci}_{k}"));
+                        s.write(move |tx| op(tx, &a, id)).await.expect("op");
+                    }
+                }));
+            }
+            for h in hs {
+                h.await.expect("join");
+            }
+        });
+    } else {
+        std::thread::scope(|sc| {
+            for (ci, acct) in accounts.iter().enumerate() {
+                let s = &store;
+                sc.spawn(move || {
+                    for k in 0..per_caller {
+                        let id = format!("rnt_u{ci}_{k}");
+                        s.write_unbatched(|tx| op(tx, acct, id)).expect("op");
+                    }
+                });
+            }
+        });
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ops = (CALLERS * per_caller) as f64;
+    let bytes = std::fs::metadata(dir.path().join("bench.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    store.close();
+    (ops / secs, bytes)
+}
+
+fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let (_dir, store, accounts) = setup();
-    let accounts = Arc::new(accounts);
-    let mut g = c.benchmark_group("ledger_ops_64_callers");
-    g.throughput(Throughput::Elements((CALLERS * OPS_PER_CALLER) as u64));
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(8));
-
-    g.bench_function("group_commit", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for it in 0..iters {
-                let start = Instant::now();
-                rt.block_on(async {
-                    let mut hs = Vec::with_capacity(CALLERS);
-                    for (ci, acct) in accounts.iter().enumerate() {
-                        let s = store.clone();
-                        let acct = acct.clone();
-                        hs.push(tokio::spawn(async move {
-                            for k in 0..OPS_PER_CALLER {
-                                let id = format!("rnt_g{it}_{ci}_{k}_{}", fastrand());
-                                let a = acct.clone();
-                                s.write(move |tx| op(tx, &a, id)).await.expect("op");
-                            }
-                        }));
-                    }
-                    for h in hs {
-                        h.await.expect("join");
-                    }
-                });
-                total += start.elapsed();
-            }
-            total
-        })
-    });
-
-    g.bench_function("commit_per_op", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for it in 0..iters {
-                let start = Instant::now();
-                std::thread::scope(|sc| {
-                    for (ci, acct) in accounts.iter().enumerate() {
-                        let s = &store;
-                        sc.spawn(move || {
-                            for k in 0..OPS_PER_CALLER {
-                                let id = format!("rnt_u{it}_{ci}_{k}_{}", fastrand());
-                                s.write_unbatched(|tx| op(tx, acct, id)).expect("op");
-                            }
-                        });
-                    }
-                });
-                total += start.elapsed();
-            }
-            total
-        })
-    });
-    g.finish();
+    println!(
+        "ledger ops (hold + charge + release, one transaction each), {CALLERS} callers, each \
+         phase on a fresh database: {} ops grouped, {} ops one commit each",
+        CALLERS * GROUP_OPS_PER_CALLER,
+        CALLERS * SINGLE_OPS_PER_CALLER
+    );
+    let (mut g_all, mut s_all) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let (g, gb) = phase(&rt, true, GROUP_OPS_PER_CALLER);
+        let (s, _) = phase(&rt, false, SINGLE_OPS_PER_CALLER);
+        println!(
+            "  round {round}: group commit {g:>8.0} ops/s   one commit per op {s:>7.0} ops/s   \
+             ratio {:>5.1}x   (file {:.1} MB)",
+            g / s,
+            gb as f64 / 1e6
+        );
+        g_all.push(g);
+        s_all.push(s);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (g, s) = (med(&mut g_all), med(&mut s_all));
+    println!("  median: group commit {g:.0} ops/s, one commit per op {s:.0} ops/s, {:.1}x", g / s);
 }
 
-/// A cheap unique suffix so repeated criterion iterations never reuse a rental id.
-fn fastrand() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
-criterion_group!(benches, bench);
-criterion_main!(benches);
