@@ -146,6 +146,8 @@ fn main() {
         v[v.len() / 2]
     };
     let (g, s) = (med(&mut g_all), med(&mut s_all));
-    println!("  median: group commit {g:.0} ops/s, one commit per op {s:.0} ops/s, {:.1}x", g / s);
+    println!(
+        "  median: group commit {g:.0} ops/s, one commit per op {s:.0} ops/s, {:.1}x",
+        g / s
+    );
 }
-

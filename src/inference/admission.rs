@@ -56,8 +56,9 @@ impl Admission {
     ) -> Result<Reserved> {
         let estimate = estimate.max(Usd(1));
         let seen = self.book().given_back;
-        // Parallel requests read in parallel; no lock is held across the read.
-        let a = crate::accounts::get_account(store, account).await?;
+        // The committed balance, from memory (the store's writer keeps it); no lock is
+        // held across a read.
+        let a = store.balance(account).await?.ok_or(Error::AccountGone)?;
         let mut book = self.book();
         let taken = book.taken.get(account).copied().unwrap_or(Usd::ZERO);
         // Reservations given back since the read began may belong to charges the read

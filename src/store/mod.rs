@@ -11,6 +11,7 @@
 //! inside a write ([`Tx`], `reads`, `writes`).
 
 mod backup;
+mod balances;
 pub(crate) mod codec;
 mod error;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use tables::*;
 use writer::{writer_loop, Completion, Job, Op};
 
 pub use backup::{file_schema_version, BackupStats};
+pub use balances::Balance;
 pub use error::StoreError;
 pub(crate) use history::{HistoryKey, HistorySweep};
 pub use reads::Rx;
@@ -75,6 +77,8 @@ pub(crate) type ObserverSlot = Arc<std::sync::OnceLock<Arc<dyn WriteObserver>>>;
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Every account as last committed (see `balances`).
+    balances: balances::Balances,
     observer: ObserverSlot,
     /// The database file (backups are written beside it).
     path: Arc<std::path::PathBuf>,
@@ -172,13 +176,16 @@ impl Store {
         let wcommits = commits.clone();
         let observer = ObserverSlot::default();
         let wobserver = observer.clone();
+        let balances = balances::Balances::default();
+        let wbalances = balances.clone();
         std::thread::Builder::new()
             .name("spotd-store-writer".into())
-            .spawn(move || writer_loop(wdb, rx, &wcommits, &wobserver))
+            .spawn(move || writer_loop(wdb, rx, &wcommits, &wobserver, &wbalances))
             .map_err(|e| StoreError::WriterThread(Arc::new(e)))?;
         backup::remove_stale(path);
         Ok(Store {
             db,
+            balances,
             observer,
             path: Arc::new(path.to_path_buf()),
             jobs: tx,
@@ -242,6 +249,20 @@ impl Store {
         }
     }
 
+    /// An account's balance and holds as last committed, from memory when it was
+    /// written or read since start-up, else from the store (once).
+    pub async fn balance(&self, id: &str) -> Result<Option<Balance>, StoreError> {
+        if let Some(b) = self.balances.get(id) {
+            return Ok(Some(b));
+        }
+        let key = id.to_string();
+        let a = self.read(move |rx| rx.account(&key)).await?;
+        if let Some(a) = &a {
+            self.balances.remember(id, Balance::of(a));
+        }
+        Ok(a.as_ref().map(Balance::of))
+    }
+
     /// Writes a consistent snapshot of the whole database to a new file beside it,
     /// from one read transaction (the daemon keeps serving meanwhile), and answers it
     /// open for reading and already unlinked: nothing is left on disk once the caller
@@ -284,12 +305,14 @@ impl Store {
                 wrote: Cell::new(false),
                 observer: self.observer.get().map(|o| &**o),
                 outbox: Cell::new(false),
+                accounts: Default::default(),
             };
-            f(&tx).map(|v| (v, tx.outbox.get()))
+            f(&tx).map(|v| (v, tx.outbox.get(), tx.accounts.take()))
         };
         match r {
-            Ok((v, outbox)) => {
+            Ok((v, outbox, accounts)) => {
                 txn.commit().map_err(StoreError::from)?;
+                self.balances.committed(accounts);
                 if let (true, Some(o)) = (outbox, self.observer.get()) {
                     o.committed();
                 }

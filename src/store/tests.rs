@@ -227,3 +227,61 @@ fn account_pages_walk_the_index_newest_first() {
     assert_eq!(all(None), ["rnt_6", "rnt_5", "rnt_4"]);
     assert_eq!(all(Some((4, "rnt_4"))), ["rnt_3", "rnt_2", "rnt_1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_balances_are_in_memory_and_rolled_back_ones_are_not() {
+    use crate::model::Account;
+    use crate::money::Usd;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let acct = |balance: i64, seq: u64| Account {
+        id: "acct_b".into(),
+        name: "b".into(),
+        created_at: 0,
+        balance: Usd(balance),
+        held: Usd(10),
+        ledger_seq: seq,
+    };
+    assert_eq!(store.balance("acct_b").await.unwrap(), None);
+    store
+        .write(move |tx| tx.put_account(&acct(100, 1)))
+        .await
+        .unwrap();
+    let b = store.balance("acct_b").await.unwrap().unwrap();
+    assert_eq!((b.balance, b.available(), b.seq), (Usd(100), Usd(90), 1));
+    // A write that fails after writing is rolled back: memory keeps the committed one.
+    let failed = store
+        .write(move |tx| -> Result<(), StoreError> {
+            tx.put_account(&acct(5, 2))?;
+            Err(StoreError::Codec("refused".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        store.balance("acct_b").await.unwrap().unwrap().balance,
+        Usd(100)
+    );
+    // What is in memory is what the file holds (a fresh store reads it back).
+    store
+        .write(move |tx| tx.put_account(&acct(70, 3)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.balance("acct_b").await.unwrap().unwrap().balance,
+        Usd(70)
+    );
+    // A figure read from the store never overwrites a newer committed one.
+    store
+        .balances
+        .remember("acct_b", crate::store::Balance::of(&acct(1, 2)));
+    assert_eq!(
+        store.balance("acct_b").await.unwrap().unwrap().balance,
+        Usd(70)
+    );
+    store.close();
+    let again = Store::open(&dir.path().join("t.redb")).unwrap();
+    assert_eq!(
+        again.balance("acct_b").await.unwrap().unwrap().balance,
+        Usd(70)
+    );
+}

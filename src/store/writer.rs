@@ -32,6 +32,7 @@ pub(super) fn writer_loop(
     rx: mpsc::Receiver<Job>,
     commits: &AtomicU64,
     observer: &ObserverSlot,
+    balances: &super::balances::Balances,
 ) {
     let mut stop: Option<std::sync::mpsc::Sender<()>> = None;
     while let Ok(first) = rx.recv() {
@@ -47,7 +48,7 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(&db, pending, commits, observer);
+        run_batch(&db, pending, commits, observer, balances);
         if stop.is_some() {
             break;
         }
@@ -60,7 +61,13 @@ pub(super) fn writer_loop(
     }
 }
 
-fn run_batch(db: &Database, pending: Vec<Op>, commits: &AtomicU64, observer: &ObserverSlot) {
+fn run_batch(
+    db: &Database,
+    pending: Vec<Op>,
+    commits: &AtomicU64,
+    observer: &ObserverSlot,
+    balances: &super::balances::Balances,
+) {
     if pending.is_empty() {
         return;
     }
@@ -91,6 +98,7 @@ fn run_batch(db: &Database, pending: Vec<Op>, commits: &AtomicU64, observer: &Ob
                 wrote: Cell::new(false),
                 observer: obs,
                 outbox: Cell::new(false),
+                accounts: Default::default(),
             };
             for job in queue.by_ref() {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx))) {
@@ -119,8 +127,12 @@ fn run_batch(db: &Database, pending: Vec<Op>, commits: &AtomicU64, observer: &Ob
                 continue;
             }
             let outbox = tx.outbox.get();
+            let written = tx.accounts.take();
             let res = txn.commit().map_err(StoreError::from);
             commits.fetch_add(1, Ordering::Relaxed);
+            if res.is_ok() {
+                balances.committed(written);
+            }
             // Before the callers hear of the commit, so a delivery made due by a write
             // is already signalled when that write is acknowledged.
             if let (Ok(()), true, Some(o)) = (&res, outbox, obs) {

@@ -21,6 +21,8 @@ pub struct Tx<'a> {
     pub(super) observer: Option<&'a dyn WriteObserver>,
     /// Set when a delivery became due: the observer hears of it after the commit.
     pub(super) outbox: Cell<bool>,
+    /// Accounts written, for the in-memory balances once the commit is made.
+    pub(super) accounts: std::cell::RefCell<Vec<(String, super::Balance)>>,
 }
 
 fn put<T: Serialize>(
@@ -65,6 +67,9 @@ impl Tx<'_> {
     }
     pub fn put_account(&self, a: &Account) -> Result<(), StoreError> {
         self.mark();
+        self.accounts
+            .borrow_mut()
+            .push((a.id.clone(), super::Balance::of(a)));
         let Some(obs) = self.observer else {
             return put(self.txn, ACCOUNTS, &a.id, a);
         };
