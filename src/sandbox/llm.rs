@@ -355,7 +355,7 @@ pub fn embeddings(body: &[u8], serves: &dyn Fn(&str) -> bool) -> Reply {
             v.truncate(dims);
             let e = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
-                json!(base64_encode(&bytes))
+                json!(crate::ids::base64_encode(&bytes))
             } else {
                 json!(v)
             };
@@ -379,28 +379,6 @@ pub fn embedding(input: &str) -> Vec<f64> {
             ((unit * 2.0 - 1.0) * 1e6).round() / 1e6
         })
         .collect()
-}
-
-/// Standard base64 with padding (no crate for a dozen lines).
-fn base64_encode(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -563,11 +541,11 @@ mod tests {
 
     #[test]
     fn base64_matches_the_standard_alphabet_and_padding() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(&[0xff, 0xfe, 0x00]), "//4A");
+        assert_eq!(crate::ids::base64_encode(b""), "");
+        assert_eq!(crate::ids::base64_encode(b"f"), "Zg==");
+        assert_eq!(crate::ids::base64_encode(b"fo"), "Zm8=");
+        assert_eq!(crate::ids::base64_encode(b"foo"), "Zm9v");
+        assert_eq!(crate::ids::base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(crate::ids::base64_encode(&[0xff, 0xfe, 0x00]), "//4A");
     }
 }

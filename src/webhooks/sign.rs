@@ -17,7 +17,7 @@ pub(crate) fn new_key() -> (Vec<u8>, String) {
     SystemRandom::new()
         .fill(&mut key)
         .expect("the OS random source failed");
-    let secret = format!("{SECRET_PREFIX}{}", base64_encode(&key));
+    let secret = format!("{SECRET_PREFIX}{}", crate::ids::base64_encode(&key));
     (key, secret)
 }
 
@@ -31,34 +31,13 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     ctx.update(timestamp.to_string().as_bytes());
     ctx.update(b".");
     ctx.update(body);
-    base64_encode(ctx.sign().as_ref())
-}
-
-/// Standard base64 with padding.
-pub(crate) fn base64_encode(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    crate::ids::base64_encode(ctx.sign().as_ref())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::base64_encode;
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

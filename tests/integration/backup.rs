@@ -2,28 +2,13 @@
 //! the daemon serves credits and meters a rental is consistent, restores into another
 //! data dir, and a daemon started on it shows the snapshot's books.
 
-use std::process::Command;
-
 use serde_json::json;
 use spotd::model::LedgerKind;
 use spotd::money::Usd;
 use spotd::store::Store;
 
+use crate::cli::spotd;
 use crate::common::{cheapest, usd, Daemon};
-
-fn spotd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotd"));
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SPOTD_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run spotd")
-}
 
 fn text(o: &std::process::Output) -> String {
     format!(
