@@ -75,7 +75,7 @@ const ROUNDS: usize = 3;
 
 /// One phase on a fresh database (64 funded accounts, nothing else), so every phase
 /// measures the same thing: the first `64 x per_caller` ops of an empty data dir.
-fn phase(rt: &tokio::runtime::Runtime, grouped: bool, per_caller: usize) -> (f64, u64) {
+fn phase(rt: &tokio::runtime::Runtime, grouped: bool, per_caller: usize) -> (f64, u64, f64) {
     let (dir, store, accounts) = setup();
     let start = Instant::now();
     if grouped {
@@ -112,8 +112,9 @@ fn phase(rt: &tokio::runtime::Runtime, grouped: bool, per_caller: usize) -> (f64
     let bytes = std::fs::metadata(dir.path().join("bench.redb"))
         .map(|m| m.len())
         .unwrap_or(0);
+    let per_commit = ops / store.commits().max(1) as f64;
     store.close();
-    (ops / secs, bytes)
+    (ops / secs, bytes, per_commit)
 }
 
 fn main() {
@@ -130,11 +131,11 @@ fn main() {
     );
     let (mut g_all, mut s_all) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let (g, gb) = phase(&rt, true, GROUP_OPS_PER_CALLER);
-        let (s, _) = phase(&rt, false, SINGLE_OPS_PER_CALLER);
+        let (g, gb, per) = phase(&rt, true, GROUP_OPS_PER_CALLER);
+        let (s, _, _) = phase(&rt, false, SINGLE_OPS_PER_CALLER);
         println!(
-            "  round {round}: group commit {g:>8.0} ops/s   one commit per op {s:>7.0} ops/s   \
-             ratio {:>5.1}x   (file {:.1} MB)",
+            "  round {round}: group commit {g:>8.0} ops/s ({per:.1} ops a commit)   one commit per \
+             op {s:>7.0} ops/s   ratio {:>5.1}x   (file {:.1} MB)",
             g / s,
             gb as f64 / 1e6
         );
