@@ -116,7 +116,7 @@ pub(crate) fn record_spend_limit(
     rental: Option<&Rental>,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let mut data = crate::api::views::account(account);
+    let mut data = crate::api::views::account(account, now);
     data["spend_limit"] = json!({
         "cap": cap,
         "action": action,

@@ -260,6 +260,7 @@ fn rent_o1() -> RentRequest {
         env: Default::default(),
         idle_timeout_seconds: None,
         max_duration_seconds: None,
+        max_cost: None,
         model: None,
         id: None,
     }
