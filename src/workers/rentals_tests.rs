@@ -762,3 +762,6 @@ async fn a_round_over_many_rentals_is_one_group_commit() {
         "{N} rentals: metering took {meter_commits} commits, sync {sync_commits}"
     );
 }
+
+#[path = "rentals_guard_tests.rs"]
+mod guard_tests;
