@@ -31,10 +31,10 @@ fn parse_cap(s: &str) -> Result<CapArg, String> {
 pub struct LimitsArgs {
     pub account_id: String,
     /// Most the account's live rentals may cost together, in USD per hour; `none` clears.
-    #[arg(long, value_parser = parse_cap, value_name = "USD|none")]
+    #[arg(long, value_parser = parse_cap, value_name = "USD|none", allow_negative_numbers = true)]
     pub per_hour: Option<CapArg>,
     /// Most the account may be charged in a calendar month (UTC), in USD; `none` clears.
-    #[arg(long, value_parser = parse_cap, value_name = "USD|none")]
+    #[arg(long, value_parser = parse_cap, value_name = "USD|none", allow_negative_numbers = true)]
     pub per_month: Option<CapArg>,
     #[command(flatten)]
     pub common: ClientOpts,
