@@ -29,6 +29,7 @@ fn parse_cap(s: &str) -> Result<CapArg, String> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LimitsArgs {
+    /// The account (acct_...).
     pub account_id: String,
     /// Most the account's live rentals may cost together, in USD per hour; `none` clears.
     #[arg(long, value_parser = parse_cap, value_name = "USD|none", allow_negative_numbers = true)]

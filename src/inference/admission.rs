@@ -4,7 +4,10 @@
 //! `available` credit; the exact cost is charged once the answer's usage is known, and
 //! only then is the reservation let go. Parallel hosted requests on a nearly empty
 //! account so never get answers that cannot be charged: the ones that do not fit get
-//! 402.
+//! 402. The same reservation is held against the account's monthly budget when it has
+//! one (SPEC section 6: what `max_usd_per_month` leaves after this month's charges and
+//! the live rentals' holds), so a request past the budget is refused
+//! (`spend_limit_exceeded`) rather than charged short.
 //!
 //! Reservations live in memory (they last as long as their request, which a crash ends
 //! anyway), not in the ledger, so a rental's hold or its metering does not see them: a
