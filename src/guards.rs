@@ -50,18 +50,36 @@ impl Cap {
     }
 }
 
+/// What a guard did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Refused a rent, a cold start (a rental moving offers too) or a hosted request.
+    Refused,
+    /// Ended a running rental (`max_cost`, `budget_exceeded`).
+    Ended,
+}
+
 /// The one place a spend guard reports that it refused or ended something, called in
-/// the transaction that made the decision: `which` cap, on `account`, with `detail`
-/// (the message the client gets, or what was ended and why). That transaction always
-/// commits (a refusal is handed back as a value and turned into the 402 after it), so
-/// whatever is written here is durable with the decision.
-///
-/// Today it only logs. It is where the `account.spend_limit` webhook event (SPEC
-/// section 8) is to be recorded: its outbox row belongs here, so every refusal and every
-/// guard teardown, by rent, cold start, metering or hosted request, emits it.
-pub(crate) fn limit_hit(tx: &Tx<'_>, account: &Account, which: Cap, detail: &str) -> Result<()> {
-    let _ = tx;
-    tracing::info!(account = %account.id, cap = which.as_str(), detail, "spend limit");
+/// the transaction that made the decision: `which` cap, on `account`, the rental
+/// concerned if any, with `detail` (the client's message, or what was ended and why)
+/// for the log. That transaction always commits (a refusal is handed back as a value
+/// and turned into the 402 after it), so what is written here is durable with the
+/// decision: the `account.spend_limit` webhook event (SPEC section 8), in the outbox.
+pub(crate) fn limit_hit(
+    tx: &Tx<'_>,
+    account: &Account,
+    which: Cap,
+    action: Action,
+    rental: Option<&Rental>,
+    detail: &str,
+    now: Millis,
+) -> Result<()> {
+    tracing::info!(account = %account.id, cap = which.as_str(), ?action, detail, "spend limit");
+    let action = match action {
+        Action::Refused => "refused",
+        Action::Ended => "ended",
+    };
+    crate::webhooks::events::record_spend_limit(tx, account, which.as_str(), action, rental, now)?;
     Ok(())
 }
 
@@ -147,7 +165,7 @@ pub(crate) fn check_rent(
     now: Millis,
 ) -> Result<Option<Error>> {
     let refused = |which: Cap, message: String| -> Result<Option<Error>> {
-        limit_hit(tx, a, which, &message)?;
+        limit_hit(tx, a, which, Action::Refused, moving, &message, now)?;
         Ok(Some(Error::SpendLimit(message)))
     };
     if let Some(cap) = a.max_usd_per_hour {

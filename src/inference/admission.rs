@@ -95,9 +95,17 @@ impl Admission {
             let (id, detail) = (account.to_string(), message.clone());
             store
                 .write(move |tx| {
-                    use crate::guards::{limit_hit, Cap};
+                    use crate::guards::{limit_hit, Action, Cap};
                     match tx.account(&id)? {
-                        Some(acct) => limit_hit(tx, &acct, Cap::PerMonth, &detail),
+                        Some(acct) => limit_hit(
+                            tx,
+                            &acct,
+                            Cap::PerMonth,
+                            Action::Refused,
+                            None,
+                            &detail,
+                            now,
+                        ),
                         None => Ok(()),
                     }
                 })

@@ -381,8 +381,8 @@ pub(crate) async fn meter_round(rs: &Rentals) -> Result<MeterRound> {
                         crate::clock::rfc3339(at),
                         r.cost
                     );
-                    guards::limit_hit(tx, a, cap, &detail)?;
                     lifecycle::begin_teardown(tx, a, r, cap.reason(), now)?;
+                    guards::limit_hit(tx, a, cap, guards::Action::Ended, Some(r), &detail, now)?;
                 }
             }
             let deadline = (r.state == RentalState::Running)

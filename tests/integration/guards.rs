@@ -430,3 +430,85 @@ async fn spent_this_month_starts_again_on_the_first() {
     assert_eq!(usd(&view["spent_this_month"]), charges[0]);
     assert_eq!(charges[1], december);
 }
+
+/// Every refusal and every end a guard decides is an `account.spend_limit` webhook
+/// event (SPEC section 8), recorded in the transaction that decided it and delivered
+/// signed: a refused rent, a refused hosted request, a rental ended at its `max_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_and_guard_end_is_an_account_spend_limit_event() {
+    use crate::receiver::{verify, Receiver};
+    let d = Daemon::in_process("").await;
+    let rec = Receiver::start(0, Some(d.clock().clone())).await;
+    let r = d
+        .post(
+            "/admin/v1/webhooks",
+            &d.admin,
+            json!({"url": rec.url(), "events": ["account.spend_limit"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let secret = r.body["secret"].as_str().unwrap().to_string();
+    let (acct, key) = d.account("watched", "20").await;
+    let offer = cheapest(&d, &key, "gpu=H100").await;
+    let price = usd(&offer["price_per_hour"]);
+
+    patch(&d, &acct, json!({"max_usd_per_hour": 0})).await;
+    let rent = json!({"offer_id": offer["id"]});
+    assert_refused(
+        &d.post("/v1/gpus/rentals", &key, rent).await,
+        "max_usd_per_hour",
+    );
+    patch(
+        &d,
+        &acct,
+        json!({"max_usd_per_hour": null, "max_usd_per_month": 0}),
+    )
+    .await;
+    assert_refused(&chat(&d, &key, "gpt-4o-mini", 16).await, "is reached");
+    patch(&d, &acct, json!({"max_usd_per_month": null})).await;
+    let max = prorate(price, 3);
+    let r = d
+        .post(
+            "/v1/gpus/rentals",
+            &key,
+            json!({"offer_id": offer["id"], "max_cost": max.to_json()}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    d.wait_rental(&key, &id, 60, |r| r["state"] == "terminated")
+        .await;
+    for _ in 0..30 {
+        if rec.got().len() >= 3 {
+            break;
+        }
+        d.advance(1).await;
+    }
+    let got = rec.got();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let mut limits: Vec<(String, String, Value)> = got
+        .iter()
+        .map(|g| {
+            verify(&secret, g);
+            let v = g.json();
+            assert_eq!(v["type"], "account.spend_limit");
+            assert_eq!(v["data"]["id"], acct.as_str());
+            let l = &v["data"]["spend_limit"];
+            (
+                l["cap"].as_str().unwrap().to_string(),
+                l["action"].as_str().unwrap().to_string(),
+                l["rental_id"].clone(),
+            )
+        })
+        .collect();
+    // Events of one account or rental arrive in order; these are of two streams.
+    limits.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        limits,
+        vec![
+            ("max_cost".into(), "ended".into(), json!(id)),
+            ("max_usd_per_hour".into(), "refused".into(), Value::Null),
+            ("max_usd_per_month".into(), "refused".into(), Value::Null),
+        ]
+    );
+}
