@@ -54,12 +54,8 @@ fn setup() -> (tempfile::TempDir, Store, Vec<String>) {
         store
             .write_unbatched(|tx| {
                 tx.put_account(&Account {
-                    id: id.clone(),
-                    name: id.clone(),
-                    created_at: 0,
                     balance: Usd::from_dollars(1_000_000),
-                    held: Usd::ZERO,
-                    ledger_seq: 0,
+                    ..Account::new(id.clone(), id.clone(), 0)
                 })
                 .map_err(Error::from)
             })

@@ -38,14 +38,7 @@ fn build_history(path: &std::path::Path, entries: usize) -> String {
     let ids = accounts.clone();
     rt.block_on(store.write(move |tx| {
         for id in &ids {
-            let mut a = Account {
-                id: id.clone(),
-                name: id.clone(),
-                created_at: T0,
-                balance: Usd::ZERO,
-                held: Usd::ZERO,
-                ledger_seq: 0,
-            };
+            let mut a = Account::new(id.clone(), id.clone(), T0);
             ledger::credit(tx, &mut a, Usd::from_dollars(1_000_000), None, T0)?;
             tx.put_account(&a)?;
         }

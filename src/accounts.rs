@@ -89,14 +89,7 @@ pub(crate) async fn create_account_with_id(
                 let k = issue_key(tx, &existing.id, now)?;
                 return Ok((existing, k));
             }
-            let mut a = Account {
-                id: id.unwrap_or_else(|| ids::new_id("acct")),
-                name,
-                created_at: now,
-                balance: Usd::ZERO,
-                held: Usd::ZERO,
-                ledger_seq: 0,
-            };
+            let mut a = Account::new(id.unwrap_or_else(|| ids::new_id("acct")), name, now);
             if credit > Usd::ZERO {
                 ledger::credit(tx, &mut a, credit, Some("opening credit".into()), now)?;
             }
@@ -153,6 +146,49 @@ pub(crate) async fn add_credit_once(
                 tx.put_meta(m, &e.seq)?;
             }
             Ok((a, e))
+        })
+        .await
+}
+
+/// A change to an account's spend guards (SPEC section 6): for each cap, `None` leaves
+/// it as it is, `Some(None)` clears it, `Some(Some(usd))` sets it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LimitsPatch {
+    pub max_usd_per_hour: Option<Option<Usd>>,
+    pub max_usd_per_month: Option<Option<Usd>>,
+}
+
+/// Sets or clears the account's caps. A cap may be set below what is live or already
+/// spent: nothing running is ended for it at once; new rents are refused, and the
+/// monthly one stops billing at the next metering step.
+pub(crate) async fn set_limits(store: &Store, id: &str, patch: LimitsPatch) -> Result<Account> {
+    for (param, v) in [
+        ("max_usd_per_hour", patch.max_usd_per_hour),
+        ("max_usd_per_month", patch.max_usd_per_month),
+    ] {
+        if let Some(Some(u)) = v {
+            if u.is_negative() {
+                return Err(Error::invalid_param(
+                    param,
+                    format!("{param} must not be negative (null clears it)"),
+                ));
+            }
+        }
+    }
+    let id = id.to_string();
+    store
+        .write(move |tx| {
+            let mut a = tx
+                .account(&id)?
+                .ok_or_else(|| Error::NotFound(format!("no account with id '{id}'")))?;
+            if let Some(v) = patch.max_usd_per_hour {
+                a.max_usd_per_hour = v;
+            }
+            if let Some(v) = patch.max_usd_per_month {
+                a.max_usd_per_month = v;
+            }
+            tx.put_account(&a)?;
+            Ok(a)
         })
         .await
 }

@@ -19,6 +19,7 @@ mod backup;
 mod client;
 mod commands;
 mod healthcheck;
+mod limits;
 mod logging;
 mod pages;
 mod prices;

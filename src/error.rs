@@ -28,6 +28,10 @@ pub enum Error {
     /// `available` cannot cover the hold or the charge.
     #[error("{0}")]
     InsufficientCredit(String),
+    /// A spend guard of SPEC section 6 (an account's hourly or monthly cap) refuses it.
+    /// The message names the cap and the current figure.
+    #[error("{0}")]
+    SpendLimit(String),
     /// Unknown, or another account's (the two are not told apart).
     #[error("{0}")]
     NotFound(String),

@@ -10,6 +10,7 @@
 
 use crate::clock::Millis;
 use crate::error::{Error, Result};
+use crate::guards::{self, Cap};
 use crate::ids;
 use crate::model::{Account, LedgerEntry, LedgerKind, Rental};
 use crate::money::{prorate, Usd};
@@ -40,6 +41,10 @@ pub(crate) fn append(
             .balance
             .checked_add(amount)
             .ok_or_else(|| Error::invalid("amount out of range"))?;
+    }
+    if kind == LedgerKind::Charge {
+        // The month's running figure moves with every charge, in this transaction.
+        guards::record_charge(account, -amount, now);
     }
     account.ledger_seq += 1;
     let e = LedgerEntry {
@@ -184,9 +189,10 @@ pub fn charge_rental(
     Ok(())
 }
 
-/// Charges a hosted inference request, capped at what is available (a request that
-/// already ran cannot be refused; `available` still never goes below zero). Answers
-/// what was charged.
+/// Charges a hosted inference request, capped at what is available and at what the
+/// month's budget leaves (a request that already ran cannot be refused; `available`
+/// still never goes below zero, nor does the month pass its cap). Answers what was
+/// charged.
 pub(crate) fn charge_request(
     tx: &Tx<'_>,
     account: &mut Account,
@@ -195,7 +201,8 @@ pub(crate) fn charge_request(
     note: String,
     now: Millis,
 ) -> Result<Usd> {
-    let charged = amount.min(account.available()).max(Usd::ZERO);
+    let budget = guards::month_left(account, now).unwrap_or(amount);
+    let charged = amount.min(account.available()).min(budget).max(Usd::ZERO);
     if charged == Usd::ZERO {
         return Ok(charged);
     }
@@ -230,12 +237,16 @@ pub(crate) enum Metered {
     Ok,
     /// Charged what could be covered; the rental must end now (`insufficient_credit`).
     OutOfCredit,
+    /// A spend guard stopped billing at `at` (the last whole second its `max_cost` or
+    /// the month's budget allows): the rental must end, billed to then and no further.
+    Limit { cap: Cap, at: Millis },
 }
 
 /// Brings `rental.cost` up to what is due at `upto`: cumulative `prorate` minus what
-/// was charged already. With `next_step_seconds`, also checks that the next metering
-/// step will be coverable and answers `OutOfCredit` when it will not, so the rental
-/// ends before `available` could go below zero.
+/// was charged already, but never past the second a spend guard stops it at
+/// (`guards::billable`: then it answers `Limit`). With `next_step_seconds`, also checks
+/// that the next metering step will be coverable and answers `OutOfCredit` when it will
+/// not, so the rental ends before `available` could go below zero.
 pub(crate) fn meter(
     tx: &Tx<'_>,
     account: &mut Account,
@@ -247,7 +258,7 @@ pub(crate) fn meter(
     let Some(started) = rental.started_at else {
         return Ok(Metered::Ok);
     };
-    let secs = billable_seconds(started, upto);
+    let (secs, stop) = guards::billable(account, rental, billable_seconds(started, upto), now);
     let due = prorate(rental.price_per_hour, secs);
     let step = due - rental.cost;
     let cover = rental.held() + account.available();
@@ -267,6 +278,11 @@ pub(crate) fn meter(
         return Ok(Metered::OutOfCredit);
     }
     charge_rental(tx, account, rental, step, note, now)?;
+    if let Some(cap) = stop {
+        let at =
+            started.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000));
+        return Ok(Metered::Limit { cap, at });
+    }
     if let Some(n) = next_step_seconds {
         let next = prorate(rental.price_per_hour, secs + n) - due;
         if next > rental.held() + account.available() {
@@ -317,15 +333,7 @@ pub(crate) mod tests {
     }
 
     fn account(balance: Usd) -> Account {
-        Account {
-            id: "acct_t".into(),
-            name: "t".into(),
-            created_at: 0,
-            balance: Usd::ZERO,
-            held: Usd::ZERO,
-            ledger_seq: 0,
-        }
-        .with_credit(balance)
+        Account::new("acct_t".into(), "t".into(), 0).with_credit(balance)
     }
 
     impl Account {

@@ -12,6 +12,7 @@
 //!   table (`api::routes`), authentication, limits and idempotency (`api::router`), one
 //!   error mapping (`api::error`), inference answers rendered (`api::answer`);
 //! - the domain — `accounts`, `ledger` (the money rules), `market` (the offer index),
+//!   `guards` (the spend caps, checked in the transactions of the money they guard),
 //!   `rentals`, `inference` (hosted proxy, deployments, idle reaper), `webhooks` (the
 //!   outbox, signing and the delivery worker) — answers domain values and
 //!   [`error::Error`]; `workers` (offer sync, rental sync, metering, orphan sweep,
@@ -48,6 +49,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod guards;
 pub(crate) mod history;
 pub mod http_client;
 pub(crate) mod http_server;

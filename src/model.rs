@@ -23,9 +23,34 @@ pub struct Account {
     pub held: Usd,
     /// Sequence number of the last ledger entry (entries are keyed `(account, seq)`).
     pub ledger_seq: u64,
+    /// Spend guards (SPEC section 6): the most the account's live rentals may cost per
+    /// hour together, and the most it may be charged in a UTC calendar month.
+    pub max_usd_per_hour: Option<Usd>,
+    pub max_usd_per_month: Option<Usd>,
+    /// The month `month_spent` counts (`guards::month_of`; 0 before the first charge).
+    pub spend_month: u32,
+    /// Charges made in `spend_month` (refunds subtract), kept with every charge so
+    /// `spent_this_month` is read in O(1), never summed from the ledger.
+    pub month_spent: Usd,
 }
 
 impl Account {
+    /// An account as it is first written: no money, no caps.
+    pub fn new(id: String, name: String, created_at: Millis) -> Account {
+        Account {
+            id,
+            name,
+            created_at,
+            balance: Usd::ZERO,
+            held: Usd::ZERO,
+            ledger_seq: 0,
+            max_usd_per_hour: None,
+            max_usd_per_month: None,
+            spend_month: 0,
+            month_spent: Usd::ZERO,
+        }
+    }
+
     /// `balance - held`, never below zero by the money rules.
     pub fn available(&self) -> Usd {
         self.balance - self.held
@@ -147,6 +172,12 @@ pub enum TerminationReason {
     ProvisionFailed,
     ProviderError,
     Admin,
+    // Appended, never inserted: a stored reason is its variant's index, so the older
+    // variants keep theirs and records written before these still decode.
+    /// The account's `max_usd_per_month` was reached (SPEC section 6).
+    BudgetExceeded,
+    /// The rental's own `max_cost` was reached.
+    MaxCost,
 }
 
 impl TerminationReason {
@@ -160,6 +191,8 @@ impl TerminationReason {
             TerminationReason::ProvisionFailed => "provision_failed",
             TerminationReason::ProviderError => "provider_error",
             TerminationReason::Admin => "admin",
+            TerminationReason::BudgetExceeded => "budget_exceeded",
+            TerminationReason::MaxCost => "max_cost",
         }
     }
 }
@@ -206,6 +239,9 @@ pub struct Rental {
     pub hold_open: bool,
     pub idle_timeout_seconds: Option<u64>,
     pub max_duration_seconds: Option<u64>,
+    /// The most this rental may cost (SPEC section 6): billing stops, and the rental is
+    /// torn down, at the last whole second whose cost is within it.
+    pub max_cost: Option<Usd>,
     /// Provider calls for this rental that failed in a row (teardown retries, polls).
     pub attempts: u32,
     /// Earliest time the workers should call the provider again for this rental.
@@ -246,6 +282,7 @@ impl Rental {
             hold_open: false,
             idle_timeout_seconds: None,
             max_duration_seconds: None,
+            max_cost: None,
             attempts: 0,
             next_attempt_at: now,
             last_error: None,

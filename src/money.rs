@@ -270,6 +270,14 @@ pub(crate) fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Us
     }
 }
 
+/// For a field of a partial update (`PATCH`), with `#[serde(default)]`: absent is
+/// `None` (leave it), `null` is `Some(None)` (clear it), an amount is `Some(Some(_))`.
+pub(crate) fn de_patch<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Usd>>, D::Error> {
+    de_opt(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

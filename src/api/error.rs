@@ -46,6 +46,11 @@ fn classify(e: &Error) -> (StatusCode, &'static str, &'static str) {
             "insufficient_credit",
             "insufficient_credit",
         ),
+        Error::SpendLimit(_) => (
+            StatusCode::PAYMENT_REQUIRED,
+            "spend_limit_error",
+            "spend_limit_exceeded",
+        ),
         Error::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
         Error::OfferNotFound(_) => (
             StatusCode::NOT_FOUND,
@@ -197,6 +202,16 @@ mod tests {
                     "insufficient credit",
                     "insufficient_credit",
                     "insufficient_credit",
+                    None,
+                ),
+            ),
+            (
+                Error::SpendLimit("max_usd_per_hour is 2 USD/h".into()),
+                402,
+                body(
+                    "max_usd_per_hour is 2 USD/h",
+                    "spend_limit_error",
+                    "spend_limit_exceeded",
                     None,
                 ),
             ),

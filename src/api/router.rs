@@ -44,9 +44,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The body as JSON, or 400 with serde's message.
+    /// The body as a JSON object, or 400 with serde's message. Only an object: serde
+    /// would also fill a struct from an array of its fields in order (`[1]` as
+    /// `{"first_field": 1}`), which no client means.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        if self.body.is_empty() {
+        let first = self.body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
             return Err(Error::invalid("the request body must be a JSON object"));
         }
         serde_json::from_slice(&self.body)

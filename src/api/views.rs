@@ -53,6 +53,7 @@ pub fn rental(r: &Rental) -> Value {
         "termination_reason": r.termination_reason.map(|t| t.as_str()),
         "idle_timeout_seconds": r.idle_timeout_seconds,
         "max_duration_seconds": r.max_duration_seconds,
+        "max_cost": r.max_cost.map(Usd::to_json),
         "cost": r.cost.to_json(),
         "hold": r.held().to_json(),
         "last_error": r.last_error,
@@ -81,17 +82,21 @@ pub fn ledger_entry(e: &LedgerEntry) -> Value {
     })
 }
 
-pub fn credits(a: &Account) -> Value {
-    json!({
+/// The caller's money, with the spend guards the operator set on it (SPEC section 6):
+/// `spent_this_month` is as of `now`, the clock's time.
+pub fn credits(a: &Account, now: i64) -> Value {
+    let mut v = json!({
         "object": "credits",
         "balance": a.balance.to_json(),
         "held": a.held.to_json(),
         "available": a.available().to_json(),
-    })
+    });
+    add_limits(&mut v, a, now);
+    v
 }
 
-pub fn account(a: &Account) -> Value {
-    json!({
+pub fn account(a: &Account, now: i64) -> Value {
+    let mut v = json!({
         "id": a.id,
         "object": "account",
         "name": a.name,
@@ -99,7 +104,16 @@ pub fn account(a: &Account) -> Value {
         "balance": a.balance.to_json(),
         "held": a.held.to_json(),
         "available": a.available().to_json(),
-    })
+    });
+    add_limits(&mut v, a, now);
+    v
+}
+
+/// The caps (null when unset) and what was charged since 00:00 UTC on the 1st.
+fn add_limits(v: &mut Value, a: &Account, now: i64) {
+    v["max_usd_per_hour"] = a.max_usd_per_hour.map(Usd::to_json).into();
+    v["max_usd_per_month"] = a.max_usd_per_month.map(Usd::to_json).into();
+    v["spent_this_month"] = crate::guards::spent_this_month(a, now).to_json();
 }
 
 pub fn api_key(k: &ApiKey, secret: Option<&str>) -> Value {

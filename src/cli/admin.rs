@@ -27,6 +27,9 @@ pub enum AdminCommand {
     Rentals(AdminRentalsArgs),
     /// Tear any account's rental down (reason `admin`).
     Stop(AdminStopArgs),
+    /// Set or clear an account's spend caps: `spotd admin limits ACCOUNT --per-hour USD
+    /// --per-month USD` (`none` clears one); with neither flag, show them.
+    Limits(super::limits::LimitsArgs),
     /// Save a consistent snapshot of the running daemon's database to FILE
     /// (GET /admin/v1/backup); the daemon keeps serving meanwhile.
     Backup(super::backup::BackupArgs),
@@ -153,6 +156,7 @@ pub async fn run(cmd: AdminCommand, env: &[(String, String)]) -> Result<(), Stri
         AdminCommand::Providers(a) => providers(a, env).await,
         AdminCommand::Rentals(a) => rentals(a, env).await,
         AdminCommand::Stop(a) => stop(a, env).await,
+        AdminCommand::Limits(a) => super::limits::limits(a, env).await,
         AdminCommand::Backup(a) => super::backup::backup(a, env).await,
     }
 }

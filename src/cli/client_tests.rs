@@ -130,12 +130,13 @@ fn bad_flag_values_are_refused_by_the_parser() {
 
 #[test]
 fn rent_body_by_offer_and_by_criteria() {
-    let Command::Rent(a) = parse(&["rent", "vast:123", "--name", "job"]) else {
+    let Command::Rent(a) = parse(&["rent", "vast:123", "--name", "job", "--max-cost", "2.5"])
+    else {
         panic!("not rent");
     };
     assert_eq!(
         rent_body(&a, None),
-        json!({"offer_id": "vast:123", "name": "job"})
+        json!({"offer_id": "vast:123", "name": "job", "max_cost": 2.5})
     );
     let Command::Rent(a) = parse(&[
         "rent",

@@ -85,6 +85,9 @@ pub struct RentArgs {
     /// Seconds after which the rental is terminated regardless.
     #[arg(long, value_name = "S")]
     pub max_duration: Option<u64>,
+    /// The most the rental may cost in USD: it is torn down when its cost reaches it.
+    #[arg(long, value_parser = parse_usd, value_name = "USD")]
+    pub max_cost: Option<Usd>,
     /// Wait until the rental runs, with a progress line, then print its endpoint and
     /// SSH access; exit non-zero if it fails instead.
     #[arg(long)]
@@ -171,6 +174,7 @@ pub fn rent_body(a: &RentArgs, ssh_public_key: Option<String>) -> Value {
     put("ssh_public_key", ssh_public_key.map(Value::String));
     put("idle_timeout_seconds", a.idle_timeout.map(Value::from));
     put("max_duration_seconds", a.max_duration.map(Value::from));
+    put("max_cost", a.max_cost.map(Usd::to_json));
     Value::Object(m)
 }
 

@@ -200,6 +200,7 @@ impl Inference {
             env,
             idle_timeout_seconds: None,
             max_duration_seconds: None,
+            max_cost: None,
             model: Some(m.id.clone()),
             id: None,
         };

@@ -48,7 +48,7 @@ impl Inference {
         );
         let reserved = self
             .admission
-            .reserve(&self.store, account, estimate)
+            .reserve(&self.store, account, estimate, self.clock.now())
             .await?;
         let url = format!("{}{}", h.base_url, ep.path());
         let resp = self
@@ -155,7 +155,7 @@ impl HostedBilling {
         match res {
             Ok(c) if c < cost => {
                 tracing::warn!(request = %self.request_id, due = %cost, charged = %c,
-                "hosted request charge capped at the available credit")
+                "hosted request charge capped at the available credit or the monthly budget")
             }
             Ok(_) => {}
             Err(e) => {

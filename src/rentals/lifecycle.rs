@@ -49,8 +49,11 @@ pub fn finish_billing(
         r.ended_at = Some(end);
         // Capped at what the account holds: the rental is ending either way. A
         // preemption noticed after a metering step charged past it comes out of
-        // `meter` as a negative step: a refund.
-        let _: Metered = ledger::meter(tx, account, r, end, None, now)?;
+        // `meter` as a negative step: a refund. A spend guard that stopped billing
+        // earlier moves the end back to its second: billing stopped there.
+        if let Metered::Limit { at, .. } = ledger::meter(tx, account, r, end, None, now)? {
+            r.ended_at = Some(at.min(end));
+        }
     }
     ledger::release_hold(tx, account, r, now)
 }

@@ -61,6 +61,8 @@ pub struct RentRequest {
     pub env: BTreeMap<String, String>,
     pub idle_timeout_seconds: Option<u64>,
     pub max_duration_seconds: Option<u64>,
+    /// The most the rental may cost (SPEC section 6); torn down with `max_cost` there.
+    pub max_cost: Option<Usd>,
     /// Set for model deployments (cold starts).
     pub model: Option<String>,
     /// The rental id to use (derived from an Idempotency-Key); a rental that already

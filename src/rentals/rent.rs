@@ -5,6 +5,7 @@
 
 use super::{lifecycle, RentRequest, RentTarget, Rentals, IDEMPOTENCY_WINDOW_MS, MAX_CANDIDATES};
 use crate::error::{Error, Result};
+use crate::guards;
 use crate::ids;
 use crate::ledger;
 use crate::model::{Offer, Rental, RentalState, TerminationReason};
@@ -249,7 +250,8 @@ impl Rentals {
         let offer = offer.clone();
         let cfg = self.cfg.clone();
         let clock = self.clock.clone();
-        self.store
+        let written = self
+            .store
             .write(move |tx| {
                 let mut a = tx.account(&account_id)?.ok_or(Error::AccountGone)?;
                 let active = tx.count_active(&account_id)?;
@@ -265,6 +267,14 @@ impl Rentals {
                 let now = clock.now();
                 let id = req.id.unwrap_or_else(|| ids::new_id("rnt"));
                 let hold = ledger::hold_for(offer.price_per_hour, cfg.min_session_seconds);
+                // The caps are checked in the transaction that places the hold, so
+                // parallel rents cannot pass one together. A refusal commits (its report
+                // may write) and is answered after.
+                if let Some(refused) =
+                    guards::check_rent(tx, &a, offer.price_per_hour, hold, None, now)?
+                {
+                    return Ok(Err(refused));
+                }
                 let mut r = Rental {
                     model: req.model,
                     name: req.name,
@@ -273,21 +283,23 @@ impl Rentals {
                     env: req.env,
                     idle_timeout_seconds: req.idle_timeout_seconds,
                     max_duration_seconds: req.max_duration_seconds,
+                    max_cost: req.max_cost,
                     ..Rental::intent(id, account_id, offer, hold, now)
                 };
                 ledger::place_hold(tx, &mut a, &mut r, now)?;
                 tx.put_rental(&r)?;
                 tx.put_account(&a)?;
-                Ok(r)
+                Ok(Ok(r))
             })
-            .await
+            .await?;
+        written
     }
 
     /// Re-points a provisioning rental at another offer: the old hold is released and
     /// the new one placed, in one transaction.
     async fn move_to_offer(&self, id: &str, offer: Offer) -> Result<Rental> {
         let min = self.cfg.min_session_seconds;
-        let (r, ()) = self
+        let (r, refused) = self
             .update(id, None, move |tx, a, r, now| {
                 if r.state != RentalState::Provisioning || r.instance_id.is_some() {
                     return Err(Error::conflict(
@@ -295,22 +307,32 @@ impl Rentals {
                         format!("rental {} is {}", r.id, r.state.as_str()),
                     ));
                 }
-                // Check before writing: the new hold must fit once the old one is freed.
+                // Check before writing: the new hold must fit once the old one is freed,
+                // and the new price within the account's caps.
                 let new_hold = ledger::hold_for(offer.price_per_hour, min);
                 if new_hold > a.available() + r.held() {
                     return Err(Error::InsufficientCredit(format!(
                         "insufficient credit: the next offer needs a hold of {new_hold} USD"
                     )));
                 }
+                if let Some(refused) =
+                    guards::check_rent(tx, a, offer.price_per_hour, new_hold, Some(r), now)?
+                {
+                    return Ok(Some(refused));
+                }
                 ledger::release_hold(tx, a, r, now)?;
                 r.provider = offer.provider.clone();
                 r.price_per_hour = offer.price_per_hour;
                 r.hold = ledger::hold_for(offer.price_per_hour, min);
                 r.offer = offer;
-                ledger::place_hold(tx, a, r, now)
+                ledger::place_hold(tx, a, r, now)?;
+                Ok(None)
             })
             .await?;
-        Ok(r)
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(r),
+        }
     }
 
     /// Records the provider's instance for a rental. A rental that ended meanwhile

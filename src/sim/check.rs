@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::clock::Millis;
+use crate::guards::{month_of, spent_this_month};
 use crate::ledger::billable_seconds;
 use crate::model::{LedgerKind, Rental, RentalState};
 use crate::money::{prorate, Usd};
@@ -46,6 +47,9 @@ pub struct Checker {
     orphans: HashMap<(String, String), Millis>,
     /// Rental id -> when its running instance was first seen missing.
     missing: HashMap<String, Millis>,
+    /// Account -> (month, its charges in that month) summed from the ledger: what the
+    /// account's running `spent_this_month` must say.
+    months: HashMap<String, (u32, Usd)>,
     pub checks: u64,
     pub charges: u64,
 }
@@ -83,8 +87,8 @@ impl Checker {
     }
 
     /// Everything after a step: the books of every account, every rental that ended
-    /// since the last step, every answered request.
-    pub async fn step(&mut self, store: &Store) -> Result<(), String> {
+    /// since the last step, every answered request, every cap (at clock time `now`).
+    pub async fn step(&mut self, store: &Store, now: Millis) -> Result<(), String> {
         let (accounts, active, new_entries) = {
             let known: HashMap<String, u64> =
                 self.books.iter().map(|(k, b)| (k.clone(), b.seq)).collect();
@@ -107,6 +111,12 @@ impl Checker {
             b.seq = b.seq.max(e.seq);
             b.sum += balance_effect(e);
             if e.kind == LedgerKind::Charge {
+                let m = month_of(e.at);
+                let month = self.months.entry(e.account_id.clone()).or_default();
+                if m > month.0 {
+                    *month = (m, Usd::ZERO);
+                }
+                month.1 -= e.amount;
                 self.charges += 1;
                 let named = e.rental_id.is_some() || e.request_id.is_some();
                 let id = e.id.clone();
@@ -145,6 +155,8 @@ impl Checker {
                 format!("account {}: available {} is negative", a.id, a.available())
             })?;
         }
+        // 6. no cap is ever exceeded (SPEC section 6).
+        self.caps(&accounts, &active, now)?;
         // 2. rentals that ended since the last step.
         let now_active: HashSet<String> = active.iter().map(|r| r.id.clone()).collect();
         let gone: Vec<String> = self
@@ -192,6 +204,68 @@ impl Checker {
         Ok(())
     }
 
+    /// Invariant 6: per account, this month's charges (its O(1) running figure, which
+    /// must be what the ledger says) within `max_usd_per_month`, the live rentals'
+    /// summed `price_per_hour` within `max_usd_per_hour`; every live rental's cost
+    /// within its `max_cost` (ended ones: in `ended_rental`). The simulated operator
+    /// sets caps only when it creates an account, so a cap below what is live or spent
+    /// can only mean a guard let something through.
+    fn caps(
+        &mut self,
+        accounts: &[crate::model::Account],
+        active: &[Rental],
+        now: Millis,
+    ) -> Result<(), String> {
+        let mut hourly: BTreeMap<&str, Usd> = BTreeMap::new();
+        for r in active {
+            *hourly.entry(r.account_id.as_str()).or_default() += r.price_per_hour;
+            self.within_max_cost(r)?;
+        }
+        for a in accounts {
+            let spent = spent_this_month(a, now);
+            let counted = match self.months.get(&a.id) {
+                Some((m, sum)) if *m == month_of(now) => *sum,
+                _ => Usd::ZERO,
+            };
+            self.ok(spent == counted, || {
+                format!(
+                    "account {}: spent_this_month {spent} but its ledger's charges this month sum to {counted}",
+                    a.id
+                )
+            })?;
+            if let Some(cap) = a.max_usd_per_month {
+                self.ok(spent <= cap, || {
+                    format!(
+                        "account {}: spent_this_month {spent} is above its max_usd_per_month {cap}",
+                        a.id
+                    )
+                })?;
+            }
+            if let Some(cap) = a.max_usd_per_hour {
+                let live = hourly.get(a.id.as_str()).copied().unwrap_or(Usd::ZERO);
+                self.ok(live <= cap, || {
+                    format!(
+                        "account {}: its live rentals cost {live} USD/h, above its max_usd_per_hour {cap}",
+                        a.id
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn within_max_cost(&mut self, r: &Rental) -> Result<(), String> {
+        let Some(max) = r.max_cost else {
+            return Ok(());
+        };
+        self.ok(r.cost <= max, || {
+            format!(
+                "rental {} ({:?}) cost {} is above its max_cost {max}",
+                r.id, r.termination_reason, r.cost
+            )
+        })
+    }
+
     /// The cost rule for a rental in a terminal state, once; `charged` is what its
     /// ledger charges add up to.
     fn ended_rental(&mut self, r: &Rental, charged: Usd) -> Result<(), String> {
@@ -218,6 +292,7 @@ impl Checker {
                 r.id, charged, r.cost
             )
         })?;
+        self.within_max_cost(r)?;
         self.ok(!r.hold_open, || {
             format!(
                 "rental {} ended ({:?}) but still holds {}",
@@ -380,5 +455,47 @@ impl Checker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Account;
+
+    /// Each part of invariant 6 on its own (the simulator's `pass-cap` fault proves the
+    /// monthly one end to end): a figure that disagrees with the ledger, an hourly sum
+    /// above its cap, a rental above its `max_cost`.
+    #[test]
+    fn invariant_6_catches_each_cap_passed() {
+        let now = 1_796_083_200_000;
+        let price = Usd(2_000_000);
+        let rental = |id: &str| Rental {
+            id: id.into(),
+            ..crate::ledger::tests::rental(price, Usd::ZERO)
+        };
+        let mut a = Account::new("acct_t".into(), "t".into(), 0);
+        a.max_usd_per_hour = Some(Usd(3_000_000));
+        let live = vec![rental("rnt_1")];
+        let mut c = Checker::default();
+        assert_eq!(c.caps(std::slice::from_ref(&a), &live, now), Ok(()));
+
+        let two = vec![rental("rnt_1"), rental("rnt_2")];
+        let e = c.caps(std::slice::from_ref(&a), &two, now).unwrap_err();
+        assert!(e.contains("above its max_usd_per_hour 3"), "{e}");
+
+        let mut over = rental("rnt_3");
+        over.max_cost = Some(Usd(10));
+        over.cost = Usd(11);
+        let e = c.caps(std::slice::from_ref(&a), &[over], now).unwrap_err();
+        assert!(e.contains("above its max_cost"), "{e}");
+
+        // A month figure the ledger does not back.
+        crate::guards::record_charge(&mut a, Usd(5), now);
+        let e = c.caps(std::slice::from_ref(&a), &[], now).unwrap_err();
+        assert!(
+            e.contains("its ledger's charges this month sum to 0"),
+            "{e}"
+        );
     }
 }

@@ -45,6 +45,8 @@ pub enum Fault {
     LoseAck,
     /// The running totals `/metrics` reads drift from what they count.
     StaleTotals,
+    /// A charge takes an account past its `max_usd_per_month`.
+    PassCap,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +75,8 @@ pub struct Summary {
     pub hosted_requests: u64,
     pub cold_starts: u64,
     pub preemptions: u64,
+    /// Rentals a spend guard ended (`max_cost`, `budget_exceeded`).
+    pub guard_ends: u64,
     pub provider_faults: u64,
     pub crashes: u64,
     pub restarts: u64,
@@ -162,7 +166,7 @@ pub async fn run(opts: &Options) -> Result<Summary, String> {
                 work.verify_acknowledged(&store).await.map_err(ctx)?;
                 checker.audit(&store).await.map_err(ctx)?;
             }
-            checker.step(&store).await.map_err(ctx)?;
+            checker.step(&store, clock.now()).await.map_err(ctx)?;
             let seen = list_instances(&node).await.map_err(ctx)?;
             let down: HashSet<String> = work.down_clouds();
             checker
@@ -173,6 +177,13 @@ pub async fn run(opts: &Options) -> Result<Summary, String> {
                 checker.audit(&store).await.map_err(ctx)?;
                 next_audit += DAY_MS;
             }
+        }
+        // A crash near the end leaves the node down: it starts again, as after any
+        // crash, and what it acknowledged and its books are audited.
+        if !node.is_up() {
+            node.restart().await?;
+            let store = node.store().cloned().ok_or("the node did not start")?;
+            work.verify_acknowledged(&store).await?;
         }
         let store = node.store().cloned().ok_or("the node is down at the end")?;
         checker
@@ -197,6 +208,18 @@ pub async fn run(opts: &Options) -> Result<Summary, String> {
         summary.preemptions = rentals
             .iter()
             .filter(|r| r.termination_reason == Some(crate::model::TerminationReason::Preempted))
+            .count() as u64;
+        summary.guard_ends = rentals
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.termination_reason,
+                    Some(
+                        crate::model::TerminationReason::MaxCost
+                            | crate::model::TerminationReason::BudgetExceeded
+                    )
+                )
+            })
             .count() as u64;
     }
     summary.checks = checker.checks;
@@ -235,7 +258,8 @@ pub fn describe(s: &Summary) -> String {
     let mut out = format!(
         "simulated {} day(s), seed {}: {} steps, {} checks, {} violation(s)\n\
          accounts {}, rentals {}, charges {}, hosted requests {}, cold starts {}, \
-         preemptions {}, provider faults {}, crashes {}, graceful restarts {}\n\
+         preemptions {}, ended by a spend guard {}, provider faults {}, crashes {}, \
+         graceful restarts {}\n\
          wall time {:.1} s",
         s.days,
         s.seed,
@@ -248,6 +272,7 @@ pub fn describe(s: &Summary) -> String {
         s.hosted_requests,
         s.cold_starts,
         s.preemptions,
+        s.guard_ends,
         s.provider_faults,
         s.crashes,
         s.restarts,

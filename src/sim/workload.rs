@@ -11,8 +11,6 @@ use super::check::{Answered, Checker};
 use super::world::Node;
 use super::{Fault, Summary};
 use crate::clock::Millis;
-use crate::model::RentalState;
-use crate::money::Usd;
 use crate::sandbox::Rng;
 use crate::store::{Store, StoreError};
 
@@ -38,6 +36,9 @@ struct Acked {
     /// When it was acknowledged (its key replays for 24 h from then).
     at: Millis,
 }
+
+#[path = "faults.rs"]
+mod faults;
 
 pub struct Workload {
     rng: Rng,
@@ -185,6 +186,9 @@ impl Workload {
         if inject == Some(Fault::Orphan) && node.is_up() && !self.injected {
             self.plant_orphan(node).await?;
         }
+        if inject == Some(Fault::PassCap) && node.is_up() && !self.injected {
+            self.pass_a_cap(node).await?;
+        }
         if node.is_up() {
             node.clock.settle().await.map_err(|e| e.to_string())?;
         }
@@ -219,12 +223,38 @@ impl Workload {
             )
             .await?;
         expect(&r.status, &[201], "create an account", &r.text)?;
+        let id = str_of(&r.body["id"])?;
         self.accounts.push(Acct {
-            id: str_of(&r.body["id"])?,
+            id: id.clone(),
             key: str_of(&r.body["api_key"]["key"])?,
             spare_keys: Vec::new(),
         });
         self.log(node, &format!("account {name} with ${credit}"));
+        // A third get spend caps (SPEC section 6), small enough to bite: an hourly one
+        // of one to a few GPUs, a monthly one of a few hours of them.
+        if self.chance(333) {
+            let per_hour = ["0.5", "1", "2.5", "4"][self.below(4) as usize];
+            let per_month = ["0.8", "2", "6", "15"][self.below(4) as usize];
+            let mut caps = json!({});
+            if self.chance(700) {
+                caps["max_usd_per_hour"] = per_hour.parse::<Value>().map_err(|e| e.to_string())?;
+            }
+            if self.chance(700) || caps.as_object().is_some_and(|o| o.is_empty()) {
+                caps["max_usd_per_month"] =
+                    per_month.parse::<Value>().map_err(|e| e.to_string())?;
+            }
+            let r = node
+                .call(
+                    Method::PATCH,
+                    &format!("/admin/v1/accounts/{id}"),
+                    &node.admin,
+                    &[],
+                    Some(caps.clone()),
+                )
+                .await?;
+            expect(&r.status, &[200], "set spend caps", &r.text)?;
+            self.log(node, &format!("caps on {name}: {caps}"));
+        }
         Ok(())
     }
 
@@ -333,6 +363,13 @@ impl Workload {
         }
         if self.chance(300) {
             body["max_duration_seconds"] = json!(1800 + self.below(20_000));
+        }
+        if self.chance(250) {
+            // 0.05 to 2 USD: from minutes to hours of a GPU.
+            let cents = 5 + self.below(196);
+            body["max_cost"] = format!("{}.{:02}", cents / 100, cents % 100)
+                .parse::<Value>()
+                .map_err(|e| e.to_string())?;
         }
         let idem = self.key_name("rent");
         self.send_rent(node, i, idem, body, "rent").await
@@ -703,178 +740,6 @@ impl Workload {
             })
             .await
             .map_err(|e| e.to_string())?
-    }
-
-    // The injected defects: each writes what a bug would have left behind.
-
-    async fn skip_a_charge(&mut self, node: &Node) -> Result<(), String> {
-        let store = node.store().cloned().ok_or("node down")?;
-        let done = store
-            .write(|tx| {
-                let found = tx.accounts()?.into_iter().find(|a| a.balance > Usd(0));
-                let Some(mut a) = found else { return Ok(false) };
-                a.balance -= Usd(1);
-                tx.put_account(&a)?;
-                Ok::<_, StoreError>(true)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.injected |= done;
-        Ok(())
-    }
-
-    async fn overcharge(&mut self, store: &Store, rental: &str) -> Result<(), String> {
-        let id = rental.to_string();
-        let done = store
-            .write(move |tx| {
-                let Some(mut r) = tx.rental(&id)? else {
-                    return Ok(false);
-                };
-                let Some(mut a) = tx.account(&r.account_id)? else {
-                    return Ok(false);
-                };
-                if a.available() >= Usd(1) {
-                    let now = r.ended_at.unwrap_or(0);
-                    crate::ledger::charge_rental(
-                        tx,
-                        &mut a,
-                        &mut r,
-                        Usd(1),
-                        Some("injected".into()),
-                        now,
-                    )?;
-                    tx.put_rental(&r)?;
-                    tx.put_account(&a)?;
-                    return Ok(true);
-                }
-                Ok::<_, crate::error::Error>(false)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.injected |= done;
-        Ok(())
-    }
-
-    async fn keep_hold(&mut self, store: &Store, rental: &str) -> Result<(), String> {
-        let id = rental.to_string();
-        store
-            .write(move |tx| {
-                let Some(mut r) = tx.rental(&id)? else {
-                    return Ok(());
-                };
-                let Some(mut a) = tx.account(&r.account_id)? else {
-                    return Ok(());
-                };
-                if r.state == RentalState::Terminated || r.state == RentalState::Terminating {
-                    r.hold_open = true;
-                    a.held += r.held();
-                    tx.put_rental(&r)?;
-                    tx.put_account(&a)?;
-                }
-                Ok::<_, StoreError>(())
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.injected = true;
-        Ok(())
-    }
-
-    /// The request's charge loses its request id, or (`under`) is one micro-dollar
-    /// short, the balance kept equal to the ledger's sum.
-    async fn tamper_charge(
-        &mut self,
-        store: &Store,
-        account: &str,
-        request_id: &str,
-        under: bool,
-    ) -> Result<(), String> {
-        let (acct, rid) = (account.to_string(), request_id.to_string());
-        let done = store
-            .write(move |tx| {
-                let entries = tx.ledger_after(&acct, 0, usize::MAX)?;
-                let Some(mut e) = entries
-                    .into_iter()
-                    .find(|e| e.request_id.as_deref() == Some(rid.as_str()))
-                else {
-                    return Ok(false);
-                };
-                if under {
-                    let Some(mut a) = tx.account(&acct)? else {
-                        return Ok(false);
-                    };
-                    e.amount += Usd(1);
-                    a.balance += Usd(1);
-                    tx.put_account(&a)?;
-                } else {
-                    e.request_id = None;
-                }
-                tx.put_ledger(&e)?;
-                Ok::<_, StoreError>(true)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.injected |= done;
-        Ok(())
-    }
-
-    async fn plant_orphan(&mut self, node: &Node) -> Result<(), String> {
-        let cloud = crate::sandbox::cloud_names()[0].clone();
-        let offers = node
-            .cloud(Method::GET, &format!("/{cloud}/offers"), None)
-            .await?;
-        let list = offers.body["offers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        for o in list
-            .iter()
-            .filter(|o| o["available"].as_u64().unwrap_or(0) > 0)
-        {
-            let r = node
-                .cloud(
-                    Method::POST,
-                    &format!("/{cloud}/instances"),
-                    Some(json!({"offer_id": o["id"], "label": "rnt_injectedorphan01"})),
-                )
-                .await?;
-            if r.status == 201 {
-                self.injected = true;
-                self.log(node, &format!("planted an orphan on {cloud}: {}", r.text));
-                return Ok(());
-            }
-        }
-        Err(format!(
-            "could not plant an orphan on {cloud}: {}",
-            offers.text.chars().take(300).collect::<String>()
-        ))
-    }
-
-    async fn lose_an_ack(&mut self, node: &Node) -> Result<(), String> {
-        let Some(a) = self.rents.last() else {
-            return Ok(());
-        };
-        // The crashed incarnation's writer thread may still be letting go of the file.
-        let mut tries = 0;
-        let db = loop {
-            match redb::Database::open(node.dir.join("spotd.redb")) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 400 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        };
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let mut t = txn
-                .open_table(crate::store::tables::RENTALS)
-                .map_err(|e| e.to_string())?;
-            t.remove(a.id.as_str()).map_err(|e| e.to_string())?;
-        }
-        txn.commit().map_err(|e| e.to_string())?;
-        self.injected = true;
-        Ok(())
     }
 }
 

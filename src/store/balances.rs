@@ -4,7 +4,7 @@
 //! the blocking pool. An account not written since start-up is read from the store
 //! once and remembered; a remembered figure never overwrites a newer one (each
 //! account write carries its ledger sequence, which only grows). Bound: one entry per
-//! account (~100 bytes each), the accounts table's size.
+//! account (~130 bytes each), the accounts table's size.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,6 +17,11 @@ pub struct Balance {
     pub balance: Usd,
     pub held: Usd,
     pub seq: u64,
+    /// The monthly spend guard and the month's running figure (SPEC section 6), which
+    /// hosted admission checks like the credit.
+    pub max_usd_per_month: Option<Usd>,
+    pub spend_month: u32,
+    pub month_spent: Usd,
 }
 
 impl Balance {
@@ -25,6 +30,9 @@ impl Balance {
             balance: a.balance,
             held: a.held,
             seq: a.ledger_seq,
+            max_usd_per_month: a.max_usd_per_month,
+            spend_month: a.spend_month,
+            month_spent: a.month_spent,
         }
     }
 

@@ -134,6 +134,7 @@ fn rent(target: &str, id: &str) -> RentRequest {
         env: [("HF_HOME".to_string(), "/data".to_string())].into(),
         idle_timeout_seconds: Some(3_600),
         max_duration_seconds: None,
+        max_cost: None,
         model: None,
         id: Some(id.into()),
     }
@@ -330,6 +331,7 @@ fn rental(id: &str, offer: Offer) -> Rental {
         hold_open: false,
         idle_timeout_seconds: Some(3_600),
         max_duration_seconds: None,
+        max_cost: None,
         attempts: 0,
         next_attempt_at: at,
         last_error: None,
@@ -444,6 +446,12 @@ async fn check(store: &Store) {
             balance: Usd(62_243_093),
             held: Usd(304_403),
             ledger_seq: 11,
+            // Written before the spend guards (account record version 1): none set, no
+            // month figure yet.
+            max_usd_per_hour: None,
+            max_usd_per_month: None,
+            spend_month: 0,
+            month_spent: Usd::ZERO,
         }]
     );
     let a = &account[0];

@@ -17,6 +17,7 @@ mod error;
 #[cfg(test)]
 mod fixture_tests;
 mod history;
+mod legacy;
 mod reads;
 pub(crate) mod tables;
 #[cfg(test)]
@@ -34,6 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use crate::model::{Account, Rental};
+use codec::Record;
 use tables::*;
 use writer::{writer_loop, Completion, Job, Op};
 
@@ -359,7 +361,7 @@ fn migrate_3_to_4(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut by_time = txn.open_table(RENTALS_BY_TIME)?;
     for item in rentals.iter()? {
         let (_, v) = item?;
-        let r: Rental = codec::decode(v.value())?;
+        let r = Rental::from_bytes(v.value())?;
         by_time.insert((r.created_at, r.id.as_str()), ())?;
     }
     Ok(())
@@ -371,12 +373,12 @@ fn migrate_2_to_3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut totals: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
     for item in txn.open_table(RENTALS)?.iter()? {
         let (_, v) = item?;
-        let r: Rental = codec::decode(v.value())?;
+        let r = Rental::from_bytes(v.value())?;
         *totals.entry(writes::state_key(r.state)).or_default() += 1;
     }
     for item in txn.open_table(LEDGER)?.iter()? {
         let (_, v) = item?;
-        let e: crate::model::LedgerEntry = codec::decode(v.value())?;
+        let e = crate::model::LedgerEntry::from_bytes(v.value())?;
         if let Some((k, d)) = writes::ledger_total(&e) {
             *totals.entry(k.to_string()).or_default() += d;
         }

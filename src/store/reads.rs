@@ -5,8 +5,9 @@
 use redb::{ReadTransaction, ReadableTable};
 use serde::de::DeserializeOwned;
 
+use super::codec::{self, Record};
 use super::tables::*;
-use super::{codec, StoreError, Tx};
+use super::{StoreError, Tx};
 use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
 
 /// A read snapshot handed to a [`super::Store::read`] closure.
@@ -14,23 +15,23 @@ pub struct Rx {
     pub(super) txn: ReadTransaction,
 }
 
-pub(super) fn get_rec<T: DeserializeOwned>(
+pub(super) fn get_rec<T: Record>(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
 ) -> Result<Option<T>, StoreError> {
     match t.get(key)? {
-        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        Some(v) => Ok(Some(T::from_bytes(v.value())?)),
         None => Ok(None),
     }
 }
 
-fn all_recs<T: DeserializeOwned>(
+fn all_recs<T: Record>(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     for item in t.iter()? {
         let (_, v) = item?;
-        out.push(codec::decode(v.value())?);
+        out.push(T::from_bytes(v.value())?);
     }
     Ok(out)
 }
@@ -45,7 +46,7 @@ fn ledger_page(
     let mut out = Vec::new();
     for item in t.range((account, 0u64)..(account, end))?.rev() {
         let (_, v) = item?;
-        out.push(codec::decode(v.value())?);
+        out.push(LedgerEntry::from_bytes(v.value())?);
         if out.len() >= limit {
             break;
         }
@@ -72,7 +73,10 @@ macro_rules! reads {
         #[allow(dead_code)]
         impl $ty {
             pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-                get_rec(&self.txn.open_table(META)?, key)
+                match self.txn.open_table(META)?.get(key)? {
+                    Some(v) => Ok(Some(codec::decode(v.value())?)),
+                    None => Ok(None),
+                }
             }
             pub fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
                 get_rec(&self.txn.open_table(ACCOUNTS)?, id)
@@ -266,7 +270,7 @@ macro_rules! reads {
                 let from = after_seq.saturating_add(1);
                 for item in t.range((account, from)..=(account, u64::MAX))? {
                     let (_, v) = item?;
-                    out.push(codec::decode(v.value())?);
+                    out.push(LedgerEntry::from_bytes(v.value())?);
                     if out.len() >= limit {
                         break;
                     }
@@ -279,7 +283,7 @@ macro_rules! reads {
                 key: &str,
             ) -> Result<Option<IdempotencyRecord>, StoreError> {
                 match self.txn.open_table(IDEMPOTENCY)?.get((scope, key))? {
-                    Some(v) => Ok(Some(codec::decode(v.value())?)),
+                    Some(v) => Ok(Some(IdempotencyRecord::from_bytes(v.value())?)),
                     None => Ok(None),
                 }
             }

@@ -235,12 +235,10 @@ async fn committed_balances_are_in_memory_and_rolled_back_ones_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.redb")).unwrap();
     let acct = |balance: i64, seq: u64| Account {
-        id: "acct_b".into(),
-        name: "b".into(),
-        created_at: 0,
         balance: Usd(balance),
         held: Usd(10),
         ledger_seq: seq,
+        ..Account::new("acct_b".into(), "b".into(), 0)
     };
     assert_eq!(store.balance("acct_b").await.unwrap(), None);
     store

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
 
-use super::codec;
+use super::codec::{self, Record};
 use super::tables::*;
 use super::{StoreError, WriteObserver};
 use crate::model::{Account, ApiKey, IdempotencyRecord, LedgerEntry, Offer, Rental};
@@ -25,14 +25,13 @@ pub struct Tx<'a> {
     pub(super) accounts: std::cell::RefCell<Vec<(String, super::Balance)>>,
 }
 
-fn put<T: Serialize>(
+fn put(
     txn: &WriteTransaction,
     def: redb::TableDefinition<&'static str, &'static [u8]>,
     key: &str,
-    v: &T,
+    bytes: &[u8],
 ) -> Result<(), StoreError> {
-    let bytes = codec::encode(v)?;
-    txn.open_table(def)?.insert(key, bytes.as_slice())?;
+    txn.open_table(def)?.insert(key, bytes)?;
     Ok(())
 }
 
@@ -63,23 +62,24 @@ impl Tx<'_> {
 
     pub(crate) fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
         self.mark();
-        put(self.txn, META, key, v)
+        put(self.txn, META, key, &codec::encode(v)?)
     }
     pub fn put_account(&self, a: &Account) -> Result<(), StoreError> {
         self.mark();
         self.accounts
             .borrow_mut()
             .push((a.id.clone(), super::Balance::of(a)));
+        let bytes = a.to_bytes()?;
         let Some(obs) = self.observer else {
-            return put(self.txn, ACCOUNTS, &a.id, a);
+            return put(self.txn, ACCOUNTS, &a.id, &bytes);
         };
         let old = self.account(&a.id)?;
-        put(self.txn, ACCOUNTS, &a.id, a)?;
+        put(self.txn, ACCOUNTS, &a.id, &bytes)?;
         obs.account_written(self, old.as_ref(), a)
     }
     pub(crate) fn put_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
         self.mark();
-        put(self.txn, API_KEYS, &k.hash, k)?;
+        put(self.txn, API_KEYS, &k.hash, &k.to_bytes()?)?;
         self.txn
             .open_table(API_KEY_IDS)?
             .insert(k.id.as_str(), k.hash.as_str())?;
@@ -110,7 +110,7 @@ impl Tx<'_> {
             t.remove(k.as_str())?;
         }
         for o in offers {
-            let bytes = codec::encode(o)?;
+            let bytes = o.to_bytes()?;
             t.insert(o.id.as_str(), bytes.as_slice())?;
         }
         Ok(())
@@ -119,12 +119,12 @@ impl Tx<'_> {
     /// totals in step with it.
     pub fn put_rental(&self, r: &Rental) -> Result<(), StoreError> {
         self.mark();
-        let bytes = codec::encode(r)?;
+        let bytes = r.to_bytes()?;
         let old = self
             .txn
             .open_table(RENTALS)?
             .insert(r.id.as_str(), bytes.as_slice())?
-            .map(|v| codec::decode::<Rental>(v.value()))
+            .map(|v| Rental::from_bytes(v.value()))
             .transpose()?;
         if old.as_ref().map(|o| o.state) != Some(r.state) {
             let mut totals = self.txn.open_table(TOTALS)?;
@@ -165,12 +165,12 @@ impl Tx<'_> {
     /// written again replaces what the old one counted).
     pub(crate) fn put_ledger(&self, e: &LedgerEntry) -> Result<(), StoreError> {
         self.mark();
-        let bytes = codec::encode(e)?;
+        let bytes = e.to_bytes()?;
         let old = self
             .txn
             .open_table(LEDGER)?
             .insert((e.account_id.as_str(), e.seq), bytes.as_slice())?
-            .map(|v| codec::decode::<LedgerEntry>(v.value()))
+            .map(|v| LedgerEntry::from_bytes(v.value()))
             .transpose()?;
         let mut totals = self.txn.open_table(TOTALS)?;
         if let Some((k, d)) = old.as_ref().and_then(ledger_total) {
@@ -189,7 +189,7 @@ impl Tx<'_> {
             .txn
             .open_table(LEDGER)?
             .remove((account, seq))?
-            .map(|v| codec::decode::<LedgerEntry>(v.value()))
+            .map(|v| LedgerEntry::from_bytes(v.value()))
             .transpose()?;
         if let Some((k, d)) = old.as_ref().and_then(ledger_total) {
             bump(&mut self.txn.open_table(TOTALS)?, k, -d)?;
@@ -203,7 +203,7 @@ impl Tx<'_> {
         rec: &IdempotencyRecord,
     ) -> Result<(), StoreError> {
         self.mark();
-        let bytes = codec::encode(rec)?;
+        let bytes = rec.to_bytes()?;
         self.txn
             .open_table(IDEMPOTENCY)?
             .insert((scope, key), bytes.as_slice())?;
@@ -234,7 +234,7 @@ impl Tx<'_> {
                     next.idempotency = Some((scope.to_string(), key.to_string()));
                     break;
                 }
-                let rec: IdempotencyRecord = codec::decode(v.value())?;
+                let rec = IdempotencyRecord::from_bytes(v.value())?;
                 if rec.created_at < cutoff {
                     old.push((scope.to_string(), key.to_string()));
                 }
@@ -264,7 +264,7 @@ impl Tx<'_> {
                 };
                 let seq: u64 = codec::decode(v.value())?;
                 let at = match ledger.get((account, seq))? {
-                    Some(e) => codec::decode::<LedgerEntry>(e.value())?.at,
+                    Some(e) => LedgerEntry::from_bytes(e.value())?.at,
                     None => crate::clock::Millis::MIN,
                 };
                 if at < cutoff {

@@ -106,8 +106,7 @@ pub(crate) fn record_deployment_ready(
 /// that refuses or ends (see the module comment about refusals). `data` is the account
 /// as the API shows it plus `spend_limit: {cap, action, rental_id}`; an event about a
 /// rental is ordered with that rental's other events.
-// The guards (issue 11, part 1) are its callers; until they land only tests call it.
-#[cfg_attr(not(test), allow(dead_code))]
+// Its caller is `guards::limit_hit`, the one place a guard reports.
 pub(crate) fn record_spend_limit(
     tx: &Tx<'_>,
     account: &Account,
@@ -116,7 +115,7 @@ pub(crate) fn record_spend_limit(
     rental: Option<&Rental>,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let mut data = crate::api::views::account(account);
+    let mut data = crate::api::views::account(account, now);
     data["spend_limit"] = json!({
         "cap": cap,
         "action": action,

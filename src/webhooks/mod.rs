@@ -106,12 +106,13 @@ impl WriteObserver for Outbox {
         // fallen, and one already below stays quiet until it has been above again.
         let Some(old) = old else { return Ok(()) };
         if old.available() >= self.low_balance && a.available() < self.low_balance {
+            let now = self.clock.now();
             events::emit(
                 tx,
                 EventType::LowBalance,
                 &a.id,
-                crate::api::views::account(a),
-                self.clock.now(),
+                crate::api::views::account(a, now),
+                now,
             )?;
         }
         Ok(())

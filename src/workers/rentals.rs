@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{parse_rfc3339, Millis, Signal, Ticker};
 use crate::error::Result;
+use crate::guards;
 use crate::ledger::{self, Metered};
 use crate::model::{Rental, RentalState, TerminationReason};
 use crate::providers::{Instance, InstanceState};
@@ -332,8 +333,24 @@ async fn apply(rs: &Rentals, r: Rental, step: Step) -> bool {
 }
 
 /// One metering round: every running rental is charged up to now; one whose next
-/// step cannot be covered is torn down with `insufficient_credit`.
+/// step cannot be covered is torn down with `insufficient_credit`, one that reached a
+/// spend guard with `max_cost` or `budget_exceeded` (billed to that second). Answers
+/// how many rentals were metered.
+#[cfg(test)]
 pub async fn meter_once(rs: &Rentals) -> Result<usize> {
+    meter_round(rs).await.map(|r| r.metered)
+}
+
+/// What a metering round did.
+pub(crate) struct MeterRound {
+    pub metered: usize,
+    /// The earliest second a spend guard will stop one of the rentals still running,
+    /// if nothing else is charged meanwhile: the worker meters again then, so the GPU
+    /// goes at that second rather than at the next regular round.
+    pub next_limit_at: Option<Millis>,
+}
+
+pub(crate) async fn meter_round(rs: &Rentals) -> Result<MeterRound> {
     let running: Vec<Rental> = rs
         .store
         .read(|rx| rx.active_rentals())
@@ -342,33 +359,61 @@ pub async fn meter_once(rs: &Rentals) -> Result<usize> {
         .filter(|r| r.state == RentalState::Running)
         .collect();
     let step = rs.cfg.metering_interval_seconds;
-    let mut out_of_credit = Vec::new();
+    let mut ended = Vec::new();
+    let mut next_limit_at: Option<Millis> = None;
     // One update per rental, all at once: the writer groups them into one commit.
     let updates = running.iter().map(|r| {
         rs.update(&r.id, None, move |tx, a, r, now| {
             if r.state != RentalState::Running {
-                return Ok(Metered::Ok);
+                return Ok((Metered::Ok, None));
             }
             let m = ledger::meter(tx, a, r, now, Some(step), now)?;
-            if m == Metered::OutOfCredit {
-                lifecycle::begin_teardown(tx, a, r, TerminationReason::InsufficientCredit, now)?;
+            match m {
+                Metered::Ok => {}
+                Metered::OutOfCredit => {
+                    lifecycle::begin_teardown(tx, a, r, TerminationReason::InsufficientCredit, now)?
+                }
+                Metered::Limit { cap, at } => {
+                    let detail = format!(
+                        "rental {} ended: its {} was reached at {} with a cost of {} USD",
+                        r.id,
+                        cap.as_str(),
+                        crate::clock::rfc3339(at),
+                        r.cost
+                    );
+                    lifecycle::begin_teardown(tx, a, r, cap.reason(), now)?;
+                    guards::limit_hit(tx, a, cap, guards::Action::Ended, Some(r), &detail, now)?;
+                }
             }
-            Ok(m)
+            let deadline = (r.state == RentalState::Running)
+                .then(|| guards::deadline(a, r, now))
+                .flatten();
+            Ok((m, deadline))
         })
     });
     for (r, res) in running.iter().zip(join_all(updates).await) {
         match res {
-            Ok((r, Metered::OutOfCredit)) => out_of_credit.push(r),
-            Ok(_) => {}
+            Ok((_, (Metered::Ok, Some(d)))) => {
+                next_limit_at = Some(next_limit_at.map_or(d, |n| n.min(d)));
+            }
+            Ok((_, (Metered::Ok, None))) => {}
+            Ok((r, (m, _))) => ended.push((r, m)),
             Err(e) => tracing::warn!(rental = %r.id, error = %e, "metering failed"),
         }
     }
-    let n = running.len();
-    for r in out_of_credit {
-        tracing::info!(rental = %r.id, "terminating: insufficient credit");
+    let metered = running.len();
+    for (r, m) in ended {
+        let why = match m {
+            Metered::Limit { cap, .. } => cap.as_str(),
+            _ => "insufficient credit",
+        };
+        tracing::info!(rental = %r.id, reason = why, "terminating");
         rs.try_terminate(r).await;
     }
-    Ok(n)
+    Ok(MeterRound {
+        metered,
+        next_limit_at,
+    })
 }
 
 /// The orphan sweep: every instance with a spotd label either belongs to a live rental
@@ -456,9 +501,13 @@ async fn run_loop(rs: Rentals, cadence: Cadence, mut ticker: Ticker, shutdown: C
     }
     sync_once(&rs).await;
     // Time the daemon was down is billed now: the GPUs kept running.
-    if let Err(e) = meter_once(&rs).await {
-        tracing::warn!(error = %e, "start-up metering failed");
-    }
+    let mut next_limit = match meter_round(&rs).await {
+        Ok(r) => r.next_limit_at,
+        Err(e) => {
+            tracing::warn!(error = %e, "start-up metering failed");
+            None
+        }
+    };
     let ms = |d: Duration| (d.as_millis() as i64).max(1);
     let (sync_ms, sweep_ms) = (ms(cadence.sync), ms(cadence.sweep));
     let meter_ms = rs.cfg.metering_interval_seconds.max(1) as i64 * 1000;
@@ -472,7 +521,12 @@ async fn run_loop(rs: Rentals, cadence: Cadence, mut ticker: Ticker, shutdown: C
         next_sync = next_sync.min(now + sync_ms);
         next_meter = next_meter.min(now + meter_ms);
         next_sweep = next_sweep.min(now + sweep_ms);
-        let due = next_sync.min(next_meter).min(next_sweep);
+        // A spend guard's second comes before the next regular round: meter then too.
+        let limit = next_limit.filter(|l| *l < next_meter);
+        let due = next_sync
+            .min(next_meter)
+            .min(next_sweep)
+            .min(limit.unwrap_or(Millis::MAX));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.sleep_until(due) => {}
@@ -483,11 +537,18 @@ async fn run_loop(rs: Rentals, cadence: Cadence, mut ticker: Ticker, shutdown: C
             sync_once(&rs).await;
             next_sync = later(next_sync, sync_ms, now);
         }
-        if now >= next_meter {
-            if let Err(e) = meter_once(&rs).await {
-                tracing::warn!(error = %e, "metering round failed");
+        let limit_due = limit.is_some_and(|l| now >= l);
+        if now >= next_meter || limit_due {
+            match meter_round(&rs).await {
+                Ok(r) => {
+                    tracing::debug!(rentals = r.metered, "metering round");
+                    next_limit = r.next_limit_at;
+                }
+                Err(e) => tracing::warn!(error = %e, "metering round failed"),
             }
-            next_meter = later(next_meter, meter_ms, now);
+            if now >= next_meter {
+                next_meter = later(next_meter, meter_ms, now);
+            }
         }
         if now >= next_sweep {
             reconcile_once(&rs).await;

@@ -260,6 +260,7 @@ fn rent_o1() -> RentRequest {
         env: Default::default(),
         idle_timeout_seconds: None,
         max_duration_seconds: None,
+        max_cost: None,
         model: None,
         id: None,
     }
@@ -761,3 +762,6 @@ async fn a_round_over_many_rentals_is_one_group_commit() {
         "{N} rentals: metering took {meter_commits} commits, sync {sync_commits}"
     );
 }
+
+#[path = "rentals_guard_tests.rs"]
+mod guard_tests;

@@ -205,6 +205,64 @@ async fn admin_creates_accounts_and_credits_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_limits_sets_shows_and_clears_the_caps() {
+    let d = Daemon::in_process("").await;
+    let env = [
+        ("SPOTD_URL", d.url.as_str()),
+        ("SPOTD_ADMIN_TOKEN", &d.admin),
+    ];
+    let (acct, key) = d.account("capped", "10").await;
+    let out = ok(
+        &[
+            "admin",
+            "limits",
+            &acct,
+            "--per-hour",
+            "2.5",
+            "--per-month",
+            "100",
+        ],
+        &env,
+    );
+    assert_eq!(
+        out,
+        format!("limits of {acct}: per hour $2.50/h, per month $100.00; spent this month $0.00\n")
+    );
+    let c = d.get("/v1/credits", &key).await.body;
+    assert_eq!(usd(&c["max_usd_per_hour"]), Usd(2_500_000));
+    assert_eq!(usd(&c["max_usd_per_month"]), Usd::from_dollars(100));
+    // `none` clears one and leaves the other; no flag only shows them.
+    ok(&["admin", "limits", &acct, "--per-hour", "none"], &env);
+    let shown = ok(&["admin", "limits", &acct], &env);
+    assert!(
+        shown.contains("per hour none, per month $100.00"),
+        "{shown}"
+    );
+    let j: Value = serde_json::from_str(&ok(&["admin", "limits", &acct, "--json"], &env)).unwrap();
+    assert!(j["max_usd_per_hour"].is_null());
+    assert_eq!(usd(&j["max_usd_per_month"]), Usd::from_dollars(100));
+    // Bad amounts fail before any call; the daemon's refusals are printed.
+    for bad in ["-1", "lots", "0.0000001"] {
+        let o = spotd(&["admin", "limits", &acct, "--per-month", bad], &env);
+        assert!(!o.status.success(), "{bad}");
+        assert!(stderr(&o).contains("--per-month"), "{bad}: {}", stderr(&o));
+    }
+    let o = spotd(&["admin", "limits", "acct_nope", "--per-hour", "1"], &env);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("404") || stderr(&o).contains("no account"),
+        "{}",
+        stderr(&o)
+    );
+    let c = d.get("/v1/credits", &key).await.body;
+    assert_eq!(
+        usd(&c["max_usd_per_month"]),
+        Usd::from_dollars(100),
+        "unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_and_unreachable_daemon_fail_clearly() {
     let d = Daemon::in_process("").await;
     let bad = spotd(

@@ -41,7 +41,7 @@ pub async fn create_account(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
             stable.map(|s| format!("acct_{s}")),
         )
         .await?;
-        let mut v = views::account(&a);
+        let mut v = views::account(&a, app.clock.now());
         v["api_key"] = views::api_key(&k.key, Some(&k.secret));
         Ok((StatusCode::CREATED, v))
     })
@@ -52,7 +52,12 @@ pub async fn list_accounts(app: &Arc<App>, _ctx: &Ctx) -> Result<Reply> {
     let v = app.store.read(|rx| rx.accounts()).await?;
     Ok((
         StatusCode::OK,
-        views::list(v.iter().map(views::account).collect(), None),
+        views::list(
+            v.iter()
+                .map(|a| views::account(a, app.clock.now()))
+                .collect(),
+            None,
+        ),
     ))
 }
 
@@ -70,7 +75,7 @@ pub async fn get_account(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
             )
         })
         .await?;
-    let mut v = views::account(&a);
+    let mut v = views::account(&a, app.clock.now());
     v["api_keys"] = Value::Array(keys.iter().map(|k| views::api_key(k, None)).collect());
     Ok((StatusCode::OK, v))
 }
@@ -89,11 +94,38 @@ pub async fn add_credit(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
         }
         let (a, e) =
             accounts::add_credit_once(&app.store, &app.clock, id, b.amount, b.note, stable).await?;
-        let mut v = views::account(&a);
+        let mut v = views::account(&a, app.clock.now());
         v["entry"] = views::ledger_entry(&e);
         Ok((StatusCode::OK, v))
     })
     .await
+}
+
+/// `PATCH /admin/v1/accounts/{id}` body: each cap absent (unchanged), null (cleared)
+/// or a USD amount (set).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    #[serde(default, deserialize_with = "money::de_patch")]
+    max_usd_per_hour: Option<Option<Usd>>,
+    #[serde(default, deserialize_with = "money::de_patch")]
+    max_usd_per_month: Option<Option<Usd>>,
+}
+
+/// Sets or clears an account's spend guards (SPEC section 6).
+pub async fn set_limits(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
+    let b: LimitsBody = ctx.json()?;
+    if b.max_usd_per_hour.is_none() && b.max_usd_per_month.is_none() {
+        return Err(Error::invalid(
+            "give max_usd_per_hour and/or max_usd_per_month (a USD amount, or null to clear)",
+        ));
+    }
+    let patch = accounts::LimitsPatch {
+        max_usd_per_hour: b.max_usd_per_hour,
+        max_usd_per_month: b.max_usd_per_month,
+    };
+    let a = accounts::set_limits(&app.store, ctx.param("id")?, patch).await?;
+    Ok((StatusCode::OK, views::account(&a, app.clock.now())))
 }
 
 pub async fn create_key(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 pub async fn balance(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let a = accounts::get_account(&app.store, &ctx.account()?.account_id).await?;
-    Ok((StatusCode::OK, views::credits(&a)))
+    Ok((StatusCode::OK, views::credits(&a, app.clock.now())))
 }
 
 pub async fn ledger(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {

@@ -109,6 +109,8 @@ struct RentBody {
     env: Option<BTreeMap<String, String>>,
     idle_timeout_seconds: Option<u64>,
     max_duration_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "money::de_opt")]
+    max_cost: Option<Usd>,
 }
 
 fn check_len(param: &str, v: &Option<String>, max: usize) -> Result<()> {
@@ -169,6 +171,14 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
             ));
         }
     }
+    if let Some(c) = b.max_cost {
+        if c <= Usd::ZERO {
+            return Err(Error::invalid_param(
+                "max_cost",
+                "max_cost must be a positive amount of USD",
+            ));
+        }
+    }
     check_len("name", &b.name, 100)?;
     check_len("image", &b.image, 500)?;
     check_len("ssh_public_key", &b.ssh_public_key, 16 * 1024)?;
@@ -215,6 +225,7 @@ fn parse_rent(ctx: &Ctx) -> Result<RentRequest> {
         env,
         idle_timeout_seconds: b.idle_timeout_seconds,
         max_duration_seconds: b.max_duration_seconds,
+        max_cost: b.max_cost,
         model: None,
         id: None,
     })
