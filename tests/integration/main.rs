@@ -20,6 +20,7 @@ mod cli_lists;
 mod cli_rent;
 mod client_json;
 mod cold_wait;
+mod console;
 mod in_process;
 mod inference;
 mod inference_upstream;
