@@ -87,6 +87,10 @@ try:
     check(drv.execute_script("return window.__xss") is None, "the HTML in an offer ran nothing")
     check(len(css("#page img")) == 0, "no <img> was made from offer data")
     shot("02-offers")
+    xss_el = next(e for e in css(".gpu-name") if e.text == XSS)
+    drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", xss_el)
+    shot("02b-offers-html-name-as-text")
+    drv.execute_script("window.scrollTo(0, 0)")
 
     # Filter: one sandbox GPU model, spot only, under a price.
     target = next(n for n in names if n != XSS)

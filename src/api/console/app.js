@@ -87,6 +87,13 @@ const C = {
     return (n < 0 ? "-$" : "$") + Math.abs(n).toFixed(Math.abs(n) < 1 && n !== 0 ? 4 : 2);
   },
 
+  // A signed API money value as given (exact): "-$0.000035", "$2.5".
+  money(v) {
+    if (v === null || v === undefined) return "–";
+    const t = String(v);
+    return t.startsWith("-") ? "-$" + t.slice(1) : "$" + t;
+  },
+
   // Exact micro-USD from an API money number (at most 6 decimals).
   micros(v) { return BigInt(Math.round(Number(v) * 1e6)); },
   fromMicros(m) {

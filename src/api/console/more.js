@@ -8,7 +8,9 @@
   // A table of whatever rows an endpoint gives: one column per key of the first row.
   function generic(rows) {
     if (!rows.length) return el("p", { className: "empty" }, "None.");
-    const keys = Object.keys(rows[0]).filter((k) => k !== "object");
+    const first = ["name", "id"];
+    const keys = Object.keys(rows[0]).filter((k) => k !== "object")
+      .sort((a, b) => (first.includes(b) ? 1 : 0) - (first.includes(a) ? 1 : 0));
     return C.table(rows, keys.map((k) => [k, (r) => text(r[k])]));
   }
   const rowsOf = (v) => (Array.isArray(v) ? v : Array.isArray(v && v.data) ? v.data : Object.values(v || {}));

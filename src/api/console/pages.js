@@ -168,10 +168,10 @@
       el("div", { className: "card" }, el("h2", {}, "Ledger"), C.table(ledger, [
         ["When", (e) => C.time(e.at)],
         ["Kind", (e) => el("span", { className: "kind kind-" + e.kind }, e.kind)],
-        ["Amount", (e) => "$" + e.amount],
+        ["Amount", (e) => C.money(e.amount)],
         ["Rental / request", (e) => e.rental_id || e.request_id || "–"],
         ["Note", (e) => e.note || ""],
-        ["Balance after", (e) => "$" + e.balance_after],
+        ["Balance after", (e) => C.money(e.balance_after)],
       ], { rowProps: (e) => ({ className: "entry", dataset: { kind: e.kind, rental: e.rental_id || "" } }) })));
   };
 })();
