@@ -121,7 +121,7 @@ async fn the_console_in_headless_chromium_rents_stops_and_shows_html_as_text() {
         .unwrap();
     // The pool's offer is listed before the browser looks.
     let mut listed = false;
-    for _ in 0..100 {
+    for _ in 0..300 {
         let r = d.get("/v1/gpus/offers?provider=lab", &d.demo_key).await;
         if r.body["data"].as_array().is_some_and(|a| !a.is_empty()) {
             assert_eq!(r.body["data"][0]["gpu"], XSS, "the name is kept as given");

@@ -79,7 +79,7 @@ pub async fn root(_app: &Arc<App>, ctx: &Ctx) -> Result<Response<Body>> {
         Ok(redirect("/console/"))
     } else {
         Err(Error::NotFound(
-            "no route for GET / (the web console is at /console/)".into(),
+            "GET / answers only browsers (Accept: text/html), with a redirect to the web console at /console/".into(),
         ))
     }
 }
