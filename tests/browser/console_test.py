@@ -38,7 +38,17 @@ opts.binary_location = shutil.which("chromium") or shutil.which("chromium-browse
 for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
           "--window-size=1280,900", "--no-proxy-server"]:
     opts.add_argument(a)
-drv = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+# Chromium's first start on a loaded machine sometimes misses chromedriver's deadline
+# ("session not created"): that is the browser starting, not the console, so retry it.
+for attempt in range(3):
+    try:
+        drv = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+        break
+    except Exception as e:  # noqa: BLE001
+        print("chromium did not start (%s: %s), retrying" % (type(e).__name__, e), flush=True)
+        if attempt == 2:
+            raise
+        time.sleep(2)
 # Generous: CI runs this beside the rest of the suite on two cores.
 wait = WebDriverWait(drv, 60, poll_frequency=0.2)
 
