@@ -1,7 +1,9 @@
 //! Embeds the git commit in the binary for `spotd --version`, and finds out whether
 //! the Python SDK tests can run here (cfg `spotd_sdk`: python3 imports `openai` and
 //! `langchain_openai`); without it they are compiled `#[ignore]`d with the reason, so
-//! `cargo test` reports them as ignored rather than as passed.
+//! `cargo test` reports them as ignored rather than as passed. Likewise cfg
+//! `spotd_browser` for the web console's browser test (`chromedriver` on PATH and
+//! python3 imports `selenium`).
 //!
 //! `SPOTD_GIT_COMMIT` set at build time wins (packagers building from a tarball);
 //! otherwise `git rev-parse --short HEAD`; otherwise "unknown". Cargo reruns this when
@@ -48,5 +50,19 @@ fn main() {
         .is_ok_and(|o| o.status.success());
     if sdk {
         println!("cargo:rustc-cfg=spotd_sdk");
+    }
+
+    // The console's browser test (tests/integration/console.rs): chromedriver on PATH
+    // and python3 with selenium.
+    println!("cargo::rustc-check-cfg=cfg(spotd_browser)");
+    println!("cargo:rerun-if-env-changed=SPOTD_BROWSER_RECHECK");
+    let ok = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ok("chromedriver", &["--version"]) && ok("python3", &["-c", "import selenium"]) {
+        println!("cargo:rustc-cfg=spotd_browser");
     }
 }

@@ -492,7 +492,10 @@ async fn build(
             .map_err(|e| format!("cannot bind the sandbox: {e}"))?;
         // The sandbox keeps its clouds in DATA_DIR/sandbox/clouds.redb.
         let h = sandbox::start(l, cfg.sandbox.clone(), &data_dir, clock.clone()).await?;
+        // `--sandbox` with `[[providers]]` configured: the simulated clouds, and those
+        // too (a loopback pool next to the sandbox, as the console's browser test uses).
         providers = sandbox_providers(&h, cfg.sandbox.refresh_seconds);
+        providers.extend(cfg.providers.iter().cloned());
         *sandbox_handle = Some(h);
         ensure_demo_account(store, clock, &data_dir).await?;
     }

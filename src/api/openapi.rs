@@ -161,6 +161,18 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
             None,
             json!({"200": ok("OpenAPI 3.1 document", json!({"type": "object"}))}),
         ),
+        ("GET", "/") => (
+            None,
+            json!({"302": {"description": "To /console/ (Accept: text/html)"}, "404": {"$ref": "#/components/responses/Error"}}),
+        ),
+        ("GET", "/console") | ("GET", "/console/{file}") => (
+            None,
+            json!({"200": {"description": "The web console's page, stylesheet or script", "content": {"text/html": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}, "text/javascript": {"schema": {"type": "string"}}}}, "404": {"$ref": "#/components/responses/Error"}}),
+        ),
+        ("GET", "/console/config.json") => (
+            None,
+            json!({"200": ok("Console settings", json!({"type": "object", "properties": {"min_session_seconds": {"type": "integer"}, "version": {"type": "string"}}}))}),
+        ),
         ("GET", "/metrics") => (
             None,
             json!({"200": {"description": "Prometheus text exposition format 0.0.4", "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}}),

@@ -20,6 +20,7 @@ mod cli_lists;
 mod cli_rent;
 mod client_json;
 mod cold_wait;
+mod console;
 mod guards;
 mod in_process;
 mod inference;

@@ -3,6 +3,7 @@
 //! errors go back as `Error` for `api::error` to map.
 
 pub mod admin;
+pub mod console;
 pub mod credits;
 pub mod gpus;
 pub mod openai;
