@@ -186,6 +186,34 @@ fn error_statuses(r: &Route) -> Vec<u16> {
     codes
 }
 
+/// The request body of an inference route: OpenAI's, the fields spotd reads typed;
+/// every other field is passed through to the model server as it is.
+fn inference_body(path: &str) -> Value {
+    let text_or_list =
+        json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
+    let (required, specific) = match path {
+        "/v1/chat/completions" => (
+            json!(["model", "messages"]),
+            json!({"messages": {"type": "array", "items": {"type": "object", "required": ["role"],
+                "properties": {"role": {"type": "string"}, "content": {"type": ["string", "array", "null"]}}}}}),
+        ),
+        "/v1/completions" => (json!(["model", "prompt"]), json!({"prompt": text_or_list})),
+        _ => (
+            json!(["model", "input"]),
+            json!({"input": {"description": "A string, an array of strings, an array of token ids, or an array of arrays of token ids (none empty)",
+                    "oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                        {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+                        {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}}]},
+                "dimensions": {"type": "integer", "minimum": 1}}),
+        ),
+    };
+    let mut props = json!({"model": {"type": "string"}, "stream": {"type": "boolean"}});
+    if let (Value::Object(p), Value::Object(extra)) = (&mut props, specific) {
+        p.extend(extra);
+    }
+    json!({"type": "object", "required": required, "properties": props})
+}
+
 /// Request body schema and success responses of one route.
 fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
     match (r.method, r.path) {
@@ -269,9 +297,7 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
             params.push(json!({"name": "Prefer", "in": "header", "required": false, "schema": {"type": "string", "examples": ["wait=600"]},
                 "description": "RFC 7240 wait=N: hold the request open up to N seconds (at most 900) while a cold model deploys."}));
             (
-                Some(
-                    json!({"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}}, "additionalProperties": true}),
-                ),
+                Some(inference_body(r.path)),
                 json!({
                     "200": {"description": "The OpenAI-compatible answer (server-sent events when stream is true)",
                             "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
