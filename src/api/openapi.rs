@@ -323,7 +323,9 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
         ("POST", "/admin/v1/accounts") => (
             Some(
                 json!({"type": "object", "required": ["name"], "additionalProperties": false,
-                "properties": {"name": {"type": "string"}, "credit": schema("Usd")}}),
+                "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100,
+                    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$", "description": "1 to 100 characters (not bytes) once trimmed, no control characters"},
+                    "credit": {"allOf": [schema("UsdIn")], "description": "Opening credit, not negative (default 0)"}}}),
             ),
             json!({"201": ok("The account with its first API key (the secret is shown only here)", schema("Account"))}),
         ),
@@ -335,7 +337,7 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
         ("POST", "/admin/v1/accounts/{id}/credits") => (
             Some(
                 json!({"type": "object", "required": ["amount"], "additionalProperties": false,
-                "properties": {"amount": schema("Usd"), "note": {"type": "string", "maxLength": 500}}}),
+                "properties": {"amount": schema("UsdIn"), "note": {"type": "string", "maxLength": 500}}}),
             ),
             json!({"200": ok("The account and the new ledger entry", schema("Account"))}),
         ),
@@ -426,6 +428,9 @@ fn components() -> Value {
         "responses": error_responses(),
         "schemas": {
             "Usd": usd,
+            "UsdIn": {"description": "USD, exact: a JSON number (5e-05 is fine) or a decimal string, at most 6 decimals and 12 integer digits",
+                "oneOf": [{"type": "number", "minimum": -999_999_999_999.0, "maximum": 999_999_999_999.0},
+                    {"type": "string", "pattern": "^-?[0-9]{1,12}(\\.[0-9]{1,6})?$"}]},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
                 "required": ["message", "type", "code", "param"],
                 "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}}}}},
