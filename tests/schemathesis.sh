@@ -6,7 +6,7 @@
 #   tests/schemathesis.sh            # 100 examples per operation
 #   EXAMPLES=300 tests/schemathesis.sh
 #
-# It builds spotd, starts `spotd serve` on a free port with a temporary data dir and a
+# It builds spotd, starts `spotd serve` on a free port (127.0.0.1:0) with a temporary data dir and a
 # rate limit out of the way (so cases test the logic, not the 429), runs the user and
 # public operations with the demo account's key, then the admin operations with the
 # admin token (in that order: the admin run's stateful phase revokes keys, the demo
@@ -15,23 +15,25 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 EXAMPLES="${EXAMPLES:-100}"
-PORT="${PORT:-18188}"
 command -v st >/dev/null || { echo "schemathesis is not installed: pip install schemathesis" >&2; exit 2; }
 
 cargo build --quiet
 BIN="${CARGO_TARGET_DIR:-target}/debug/spotd"
 WORK="$(mktemp -d)"
 printf '[limits]\nrequests_per_second = 100000\nburst = 100000\n' >"$WORK/spotd.toml"
-"$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --config "$WORK/spotd.toml" \
+"$BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" --config "$WORK/spotd.toml" \
     >"$WORK/daemon.log" 2>&1 &
 PID=$!
 trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do
-    [ -s "$WORK/data/demo.key" ] && curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break
+for _ in $(seq 150); do
+    [ -s "$WORK/data/spotd.addr" ] && [ -s "$WORK/data/demo.key" ] && break
+    kill -0 "$PID" 2>/dev/null || { cat "$WORK/daemon.log" >&2; exit 2; }
     sleep 0.2
 done
+ADDR="$(cat "$WORK/data/spotd.addr")"
+curl -fs "http://$ADDR/healthz" >/dev/null || { echo "the daemon does not answer on $ADDR" >&2; exit 2; }
 
-URL="http://127.0.0.1:$PORT/openapi.json"
+URL="http://$ADDR/openapi.json"
 # The examples phase is left out: the document has no examples, and on some Python
 # builds it trips a Hypothesis-internal error unrelated to the API.
 COMMON=(--checks not_a_server_error,response_schema_conformance --max-examples "$EXAMPLES"
