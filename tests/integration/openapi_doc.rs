@@ -335,6 +335,18 @@ async fn documented_schemas_validate_real_answers() {
     let unknown = json!({"model": "no/such-model", "messages": []});
     let chat = "/v1/chat/completions";
     c.check(M::POST, chat, chat, k, Some(unknown), 404).await;
+    // A cold model: 202 with the Deploying body; streamed, a 503 OpenAI error.
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let cold = json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": msgs});
+    let dep = c
+        .check(M::POST, chat, chat, k, Some(cold.clone()), 202)
+        .await;
+    assert_eq!(dep["status"], "deploying");
+    let mut streamed = cold;
+    streamed["stream"] = json!(true);
+    let e = c.check(M::POST, chat, chat, k, Some(streamed), 503).await;
+    assert_eq!(e["error"]["code"], "model_deploying");
+    c.check(M::GET, "/readyz", "/readyz", None, None, 200).await;
 
     // Admin: accounts and keys, whose secret is null everywhere but at creation.
     let body = json!({"name": "doc", "credit": 5});
