@@ -195,7 +195,8 @@ fn inference_body(path: &str) -> Value {
         "/v1/chat/completions" => (
             json!(["model", "messages"]),
             json!({"messages": {"type": "array", "items": {"type": "object", "required": ["role"],
-                "properties": {"role": {"type": "string"}, "content": {"type": ["string", "array", "null"]}}}}}),
+                "properties": {"role": {"type": "string"}, "content": {"oneOf": [{"type": "string"}, {"type": "null"},
+                    {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}, "text": {"type": "string"}}}}]}}}}}),
         ),
         "/v1/completions" => (json!(["model", "prompt"]), json!({"prompt": text_or_list})),
         _ => (
@@ -419,6 +420,7 @@ fn error_responses() -> Value {
 
 fn components() -> Value {
     let usd = json!({"type": "number", "description": "USD, exact, at most 6 decimals"});
+    let at = json!({"type": "string", "format": "date-time"});
     let time = json!({"type": ["string", "null"], "format": "date-time"});
     json!({
         "securitySchemes": {
@@ -443,10 +445,10 @@ fn components() -> Value {
                 "disk_gb": {"type": "integer"}, "region": {"type": "string"}, "price_per_hour": usd,
                 "price_per_gpu_hour": usd, "on_demand_price_per_hour": {"type": ["number", "null"]},
                 "interruptible": {"type": "boolean"}, "reliability": {"type": "number", "minimum": 0, "maximum": 1},
-                "available": {"type": "integer"}, "updated_at": time}},
+                "available": {"type": "integer"}, "updated_at": at}},
             "PriceRow": {"type": "object", "properties": {
                 "gpu": {"type": "string"}, "provider": {"type": ["string", "null"]}, "interruptible": {"type": "boolean"},
-                "start": time, "min_price_per_gpu_hour": usd, "median_price_per_gpu_hour": usd,
+                "start": at, "min_price_per_gpu_hour": usd, "median_price_per_gpu_hour": usd,
                 "max_price_per_gpu_hour": usd, "offers": {"type": "integer"}, "available": {"type": "integer"}}},
             "RentalState": {"enum": ["provisioning", "running", "terminating", "terminated", "failed", "interrupted"]},
             "Rental": {"type": "object", "required": ["id", "object", "state", "offer", "provider", "price_per_hour", "created_at", "cost", "hold"], "properties": {
@@ -454,7 +456,7 @@ fn components() -> Value {
                 "offer": schema("Offer"), "provider": {"type": "string"}, "price_per_hour": usd,
                 "model": {"type": ["string", "null"]}, "endpoint": {"type": ["string", "null"]},
                 "ssh": {"type": ["object", "null"], "properties": {"host": {"type": "string"}, "port": {"type": "integer"}, "user": {"type": "string"}}},
-                "created_at": time, "started_at": time, "ended_at": time, "last_activity_at": time,
+                "created_at": at, "started_at": time, "ended_at": time, "last_activity_at": time,
                 "termination_reason": {"enum": ["user", "idle", "max_duration", "insufficient_credit", "preempted", "provision_failed", "provider_error", "admin", null]},
                 "name": {"type": ["string", "null"]}, "image": {"type": ["string", "null"]},
                 "idle_timeout_seconds": {"type": ["integer", "null"]}, "max_duration_seconds": {"type": ["integer", "null"]},
@@ -471,18 +473,18 @@ fn components() -> Value {
             "Credits": {"type": "object", "required": ["balance", "held", "available"],
                 "properties": {"object": {"const": "credits"}, "balance": usd, "held": usd, "available": usd}},
             "LedgerEntry": {"type": "object", "required": ["id", "object", "at", "kind", "amount", "balance_after"], "properties": {
-                "id": {"type": "string"}, "object": {"const": "ledger_entry"}, "at": time, "kind": {"enum": ["credit", "hold", "release", "charge"]},
+                "id": {"type": "string"}, "object": {"const": "ledger_entry"}, "at": at, "kind": {"enum": ["credit", "hold", "release", "charge"]},
                 "amount": usd, "hold_amount": {"type": ["number", "null"], "description": "hold and release entries: the amount held or released (their amount is 0: they do not move the balance)"},
                 "rental_id": {"type": ["string", "null"]}, "request_id": {"type": ["string", "null"]},
                 "note": {"type": ["string", "null"]}, "balance_after": usd}},
             "ApiKey": {"type": "object", "required": ["id", "object", "account_id", "prefix", "created_at", "revoked_at", "key"],
                 "properties": {"id": {"type": "string"}, "object": {"const": "api_key"}, "account_id": {"type": "string"},
                 "prefix": {"type": "string", "description": "The first characters of the secret, to tell keys apart"},
-                "created_at": time, "revoked_at": time,
+                "created_at": at, "revoked_at": time,
                 "key": {"type": ["string", "null"], "description": "The secret: only in the answer that creates the key (not in its idempotent replay), null everywhere else"}}},
             "Account": {"type": "object", "required": ["id", "object", "name", "created_at", "balance", "held", "available"],
                 "properties": {"id": {"type": "string"}, "object": {"const": "account"}, "name": {"type": "string"},
-                "balance": usd, "held": usd, "available": usd, "created_at": time,
+                "balance": usd, "held": usd, "available": usd, "created_at": at,
                 "api_key": schema("ApiKey"), "api_keys": {"type": "array", "items": schema("ApiKey")},
                 "entry": schema("LedgerEntry")}},
             "ProviderStatus": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
@@ -495,13 +497,13 @@ fn components() -> Value {
             "EventType": {"enum": ["*", "rental.running", "rental.ended", "deployment.ready", "account.low_balance", "account.spend_limit"]},
             "Webhook": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "webhook"},
                 "url": {"type": "string"}, "events": {"type": "array", "items": schema("EventType")},
-                "description": {"type": ["string", "null"]}, "created_at": time,
+                "description": {"type": ["string", "null"]}, "created_at": at,
                 "secret": {"type": "string", "description": "whsec_ + base64 of the 32-byte HMAC key; present only when the endpoint is created"}}},
             "WebhookDelivery": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "webhook_delivery"},
                 "webhook_id": {"type": "string"}, "event_id": {"type": "string", "description": "webhook-id of every attempt"},
                 "type": schema("EventType"), "status": {"enum": ["waiting", "pending", "delivered", "failed"]},
                 "attempts": {"type": "integer"}, "last_status": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
-                "created_at": time, "last_attempt_at": time, "next_attempt_at": time, "finished_at": time}},
+                "created_at": at, "last_attempt_at": time, "next_attempt_at": time, "finished_at": time}},
             "Deploying": {"type": "object", "properties": {"status": {"const": "deploying"}, "message": {"type": "string"},
                 "type": {"const": "model_deploying"}, "estimated_ready_seconds": {"type": "integer"}}}
         }

@@ -423,3 +423,43 @@ async fn documented_schemas_validate_real_answers() {
     c.check(M::POST, w, w, a, Some(hook), 201).await;
     c.check(M::GET, w, w, a, None, 200).await;
 }
+
+/// Found by schemathesis: credits of many accounts that each fit but together overflow
+/// the daemon's running credit total made the store's writer panic (500s, and in a
+/// release build a wrapped total). Now the credit that would overflow it is a 400 and
+/// nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_that_would_overflow_the_daemons_total_are_a_400() {
+    let d = Daemon::in_process("").await;
+    let doc = d.call(Method::GET, "/openapi.json", None, None).await.body;
+    let c = Checker { d, doc };
+    let a = Some(c.d.admin.as_str());
+    let t = "/admin/v1/accounts";
+    let big = || Some(json!({"name": "rich", "credit": 999_999_999_999u64}));
+    // i64 micro-USD holds 9,223,372 million USD: nine of these fit with the demo's 100.
+    for _ in 0..9 {
+        c.check(Method::POST, t, t, a, big(), 201).await;
+    }
+    let e = c.check(Method::POST, t, t, a, big(), 400).await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("out of range"),
+        "{e}"
+    );
+    let list = c.check(Method::GET, t, t, a, None, 200).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        10,
+        "nothing written"
+    );
+    // Credit through the other door too, and the store still writes.
+    let id = list["data"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/admin/v1/accounts/{id}/credits");
+    let ct = "/admin/v1/accounts/{id}/credits";
+    let big = Some(json!({"amount": 999_999_999_999u64}));
+    c.check(Method::POST, ct, &path, a, big, 400).await;
+    let small = Some(json!({"amount": 1}));
+    c.check(Method::POST, ct, &path, a, small, 200).await;
+}
