@@ -46,6 +46,21 @@ pub(crate) fn append(
         // The month's running figure moves with every charge, in this transaction.
         guards::record_charge(account, -amount, now);
     }
+    if kind == LedgerKind::Credit {
+        // The daemon's running credit total (every account's credits) must stay
+        // countable too: checked before anything is written, so an amount that would
+        // overflow it is the client's 400, not a failed write.
+        let total = tx
+            .totals()?
+            .into_iter()
+            .find_map(|(k, v)| (k == "credits").then_some(v))
+            .unwrap_or(0);
+        if total.checked_add(amount.0).is_none() {
+            return Err(Error::invalid(
+                "amount out of range: the daemon's total of credits would overflow",
+            ));
+        }
+    }
     account.ledger_seq += 1;
     let e = LedgerEntry {
         id: ids::new_id("led"),

@@ -112,31 +112,20 @@ fn operation(r: &Route) -> Value {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    if r.access != Access::Public {
-        resp.insert(
-            "401".into(),
-            json!({"$ref": "#/components/responses/Error"}),
-        );
-        resp.insert(
-            "429".into(),
-            json!({"$ref": "#/components/responses/Error"}),
-        );
+    for code in error_statuses(r) {
+        resp.entry(code.to_string())
+            .or_insert_with(|| json!({"$ref": format!("#/components/responses/E{code}")}));
     }
-    if r.method == "POST" {
-        op.insert(
-            "parameters".into(),
-            Value::Array({
-                let mut p = op
-                    .get("parameters")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                p.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
-                    "schema": {"type": "string", "maxLength": 255},
-                    "description": "Same key and body within 24 h returns the stored response; another body gives 422."}));
-                p
-            }),
-        );
+    if idempotent(r) {
+        let mut p = op
+            .get("parameters")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        p.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+            "description": "Same key and body within 24 h returns the stored response; another body gives 422."}));
+        op.insert("parameters".into(), Value::Array(p));
     }
     resp.insert(
         "default".into(),
@@ -144,6 +133,86 @@ fn operation(r: &Route) -> Value {
     );
     op.insert("responses".into(), Value::Object(resp));
     Value::Object(op)
+}
+
+/// The routes whose handler runs through `router::idempotent`: only they honour an
+/// `Idempotency-Key` (inference, webhooks and activity ignore it, so it is not
+/// advertised there).
+pub(crate) fn idempotent(r: &Route) -> bool {
+    matches!(
+        (r.method, r.path),
+        ("POST", "/v1/gpus/rentals")
+            | ("POST", "/admin/v1/accounts")
+            | ("POST", "/admin/v1/accounts/{id}/credits")
+            | ("POST", "/admin/v1/accounts/{id}/keys")
+    )
+}
+
+fn inference(r: &Route) -> bool {
+    matches!(
+        r.path,
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
+    )
+}
+
+/// The error statuses a route can answer (each with the OpenAI error body); anything
+/// else falls under `default`. A 405 is the answer of a method no route of the path
+/// serves, so it is described in `components.responses` but belongs to no operation.
+fn error_statuses(r: &Route) -> Vec<u16> {
+    let mut codes = vec![431];
+    if r.access == Access::Public {
+        if r.path == "/readyz" {
+            codes.push(503);
+        }
+        return codes;
+    }
+    codes.extend([400, 401, 404, 429]);
+    if r.body {
+        codes.push(413);
+    }
+    if r.method != "GET" {
+        codes.push(409);
+    }
+    if idempotent(r) {
+        codes.push(422);
+    }
+    if r.path == "/v1/gpus/rentals" && r.method == "POST" || inference(r) {
+        codes.extend([402, 503]);
+    }
+    if inference(r) {
+        codes.extend([502, 504]);
+    }
+    codes.sort_unstable();
+    codes
+}
+
+/// The request body of an inference route: OpenAI's, the fields spotd reads typed;
+/// every other field is passed through to the model server as it is.
+fn inference_body(path: &str) -> Value {
+    let text_or_list =
+        json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
+    let (required, specific) = match path {
+        "/v1/chat/completions" => (
+            json!(["model", "messages"]),
+            json!({"messages": {"type": "array", "items": {"type": "object", "required": ["role"],
+                "properties": {"role": {"type": "string"}, "content": {"oneOf": [{"type": "string"}, {"type": "null"},
+                    {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}, "text": {"type": "string"}}}}]}}}}}),
+        ),
+        "/v1/completions" => (json!(["model", "prompt"]), json!({"prompt": text_or_list})),
+        _ => (
+            json!(["model", "input"]),
+            json!({"input": {"description": "A string, an array of strings, an array of token ids, or an array of arrays of token ids (none empty)",
+                    "oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                        {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+                        {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}}]},
+                "dimensions": {"type": "integer", "minimum": 1}}),
+        ),
+    };
+    let mut props = json!({"model": {"type": "string"}, "stream": {"type": "boolean"}});
+    if let (Value::Object(p), Value::Object(extra)) = (&mut props, specific) {
+        p.extend(extra);
+    }
+    json!({"type": "object", "required": required, "properties": props})
 }
 
 /// Request body schema and success responses of one route.
@@ -241,9 +310,7 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
             params.push(json!({"name": "Prefer", "in": "header", "required": false, "schema": {"type": "string", "examples": ["wait=600"]},
                 "description": "RFC 7240 wait=N: hold the request open up to N seconds (at most 900) while a cold model deploys."}));
             (
-                Some(
-                    json!({"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}}, "additionalProperties": true}),
-                ),
+                Some(inference_body(r.path)),
                 json!({
                     "200": {"description": "The OpenAI-compatible answer (server-sent events when stream is true)",
                             "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
@@ -269,7 +336,9 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
         ("POST", "/admin/v1/accounts") => (
             Some(
                 json!({"type": "object", "required": ["name"], "additionalProperties": false,
-                "properties": {"name": {"type": "string"}, "credit": schema("Usd")}}),
+                "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100,
+                    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$", "description": "1 to 100 characters (not bytes) once trimmed, no control characters"},
+                    "credit": {"allOf": [schema("UsdIn")], "description": "Opening credit, not negative (default 0)"}}}),
             ),
             json!({"201": ok("The account with its first API key (the secret is shown only here)", schema("Account"))}),
         ),
@@ -290,7 +359,7 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
         ("POST", "/admin/v1/accounts/{id}/credits") => (
             Some(
                 json!({"type": "object", "required": ["amount"], "additionalProperties": false,
-                "properties": {"amount": schema("Usd"), "note": {"type": "string", "maxLength": 500}}}),
+                "properties": {"amount": schema("UsdIn"), "note": {"type": "string", "maxLength": 500}}}),
             ),
             json!({"200": ok("The account and the new ledger entry", schema("Account"))}),
         ),
@@ -339,45 +408,81 @@ fn details(r: &Route, params: &mut Vec<Value>) -> (Option<Value>, Value) {
     }
 }
 
+/// One response per error status, each an OpenAI-shaped error body.
+fn error_responses() -> Value {
+    let mut m = Map::new();
+    let err = |desc: &str| json!({"description": desc, "content": json_content(schema("Error"))});
+    m.insert("Error".into(), err("An error in the OpenAI shape"));
+    for (code, desc) in [
+        (400, "Bad JSON or a bad parameter (param names it)"),
+        (401, "Missing or wrong API key or admin token"),
+        (402, "Insufficient credit"),
+        (404, "Unknown, or not yours"),
+        (
+            405,
+            "The path does not serve this method; Allow lists the ones it does",
+        ),
+        (
+            409,
+            "State conflict: offer gone, price moved above the maximum, already terminated",
+        ),
+        (413, "Body too large"),
+        (422, "Idempotency-Key reused with another body"),
+        (429, "Rate limited; retry after Retry-After seconds"),
+        (431, "Request headers too large"),
+        (502, "The upstream failed"),
+        (503, "Not ready, or no provider or offer can serve it now"),
+        (504, "The upstream timed out"),
+    ] {
+        m.insert(format!("E{code}"), err(desc));
+    }
+    Value::Object(m)
+}
+
 fn components() -> Value {
     let usd = json!({"type": "number", "description": "USD, exact, at most 6 decimals"});
+    let at = json!({"type": "string", "format": "date-time"});
     let time = json!({"type": ["string", "null"], "format": "date-time"});
     json!({
         "securitySchemes": {
             "apiKey": {"type": "http", "scheme": "bearer", "description": "An account's API key"},
             "adminToken": {"type": "http", "scheme": "bearer", "description": "The admin token (SPOTD_ADMIN_TOKEN or DATA_DIR/admin.token)"}
         },
-        "responses": {
-            "Error": {"description": "An error in the OpenAI shape", "content": json_content(schema("Error"))}
-        },
+        "responses": error_responses(),
         "schemas": {
             "Usd": usd,
+            "UsdIn": {"description": "USD, exact: a JSON number (5e-05 is fine) or a decimal string, at most 6 decimals and 12 integer digits",
+                "oneOf": [{"type": "number", "minimum": -999_999_999_999.0, "maximum": 999_999_999_999.0},
+                    {"type": "string", "pattern": "^-?[0-9]{1,12}(\\.[0-9]{1,6})?$"}]},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
+                "required": ["message", "type", "code", "param"],
                 "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}}}}},
             "List": {"type": "object", "required": ["object", "data"], "properties": {
                 "object": {"const": "list"}, "data": {"type": "array"}, "next_cursor": {"type": ["string", "null"]}}},
-            "Offer": {"type": "object", "properties": {
+            "Offer": {"type": "object", "required": ["id", "object", "provider", "gpu", "gpu_count", "price_per_hour", "interruptible", "available"], "properties": {
                 "id": {"type": "string", "description": "provider:native_id"}, "object": {"const": "gpu_offer"},
                 "provider": {"type": "string"}, "gpu": {"type": "string"}, "gpu_count": {"type": "integer"},
                 "vram_gb": {"type": "integer"}, "vcpus": {"type": "integer"}, "ram_gb": {"type": "integer"},
                 "disk_gb": {"type": "integer"}, "region": {"type": "string"}, "price_per_hour": usd,
                 "price_per_gpu_hour": usd, "on_demand_price_per_hour": {"type": ["number", "null"]},
                 "interruptible": {"type": "boolean"}, "reliability": {"type": "number", "minimum": 0, "maximum": 1},
-                "available": {"type": "integer"}, "updated_at": time}},
+                "available": {"type": "integer"}, "updated_at": at}},
             "PriceRow": {"type": "object", "properties": {
                 "gpu": {"type": "string"}, "provider": {"type": ["string", "null"]}, "interruptible": {"type": "boolean"},
-                "start": time, "min_price_per_gpu_hour": usd, "median_price_per_gpu_hour": usd,
+                "start": at, "min_price_per_gpu_hour": usd, "median_price_per_gpu_hour": usd,
                 "max_price_per_gpu_hour": usd, "offers": {"type": "integer"}, "available": {"type": "integer"}}},
             "RentalState": {"enum": ["provisioning", "running", "terminating", "terminated", "failed", "interrupted"]},
-            "Rental": {"type": "object", "properties": {
+            "Rental": {"type": "object", "required": ["id", "object", "state", "offer", "provider", "price_per_hour", "created_at", "cost", "hold"], "properties": {
                 "id": {"type": "string"}, "object": {"const": "gpu_rental"}, "state": schema("RentalState"),
                 "offer": schema("Offer"), "provider": {"type": "string"}, "price_per_hour": usd,
                 "model": {"type": ["string", "null"]}, "endpoint": {"type": ["string", "null"]},
                 "ssh": {"type": ["object", "null"], "properties": {"host": {"type": "string"}, "port": {"type": "integer"}, "user": {"type": "string"}}},
-                "created_at": time, "started_at": time, "ended_at": time, "last_activity_at": time,
+                "created_at": at, "started_at": time, "ended_at": time, "last_activity_at": time,
                 "termination_reason": {"enum": ["user", "idle", "max_duration", "insufficient_credit", "preempted", "provision_failed", "provider_error", "admin", "budget_exceeded", "max_cost", null]},
                 "max_cost": {"type": ["number", "null"], "description": "USD; the rental is torn down (max_cost) when its cost reaches it"},
-                "cost": usd, "hold": usd}},
+                "name": {"type": ["string", "null"]}, "image": {"type": ["string", "null"]},
+                "idle_timeout_seconds": {"type": ["integer", "null"]}, "max_duration_seconds": {"type": ["integer", "null"]},
+                "last_error": {"type": ["string", "null"]}, "cost": usd, "hold": usd}},
             "RentRequest": {"type": "object", "additionalProperties": false,
                 "description": "Either offer_id, or criteria that pick the cheapest matching offer.",
                 "properties": {
@@ -388,21 +493,28 @@ fn components() -> Value {
                     "env": {"type": "object", "additionalProperties": {"type": "string"}},
                     "idle_timeout_seconds": {"type": "integer"}, "max_duration_seconds": {"type": "integer"},
                     "max_cost": usd}},
-            "Credits": {"type": "object", "properties": {"balance": usd, "held": usd, "available": usd,
+            "Credits": {"type": "object", "required": ["balance", "held", "available"],
+                "properties": {"object": {"const": "credits"}, "balance": usd, "held": usd, "available": usd,
                 "max_usd_per_hour": {"type": ["number", "null"]}, "max_usd_per_month": {"type": ["number", "null"]},
                 "spent_this_month": usd}},
-            "LedgerEntry": {"type": "object", "properties": {
-                "id": {"type": "string"}, "at": time, "kind": {"enum": ["credit", "hold", "release", "charge"]},
+            "LedgerEntry": {"type": "object", "required": ["id", "object", "at", "kind", "amount", "balance_after"], "properties": {
+                "id": {"type": "string"}, "object": {"const": "ledger_entry"}, "at": at, "kind": {"enum": ["credit", "hold", "release", "charge"]},
                 "amount": usd, "hold_amount": {"type": ["number", "null"], "description": "hold and release entries: the amount held or released (their amount is 0: they do not move the balance)"},
                 "rental_id": {"type": ["string", "null"]}, "request_id": {"type": ["string", "null"]},
                 "note": {"type": ["string", "null"]}, "balance_after": usd}},
-            "ApiKey": {"type": "object", "properties": {"id": {"type": "string"}, "key": {"type": "string", "description": "The secret; present only when the key is created"}}, "additionalProperties": true},
-            "Account": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"},
-                "balance": usd, "held": usd, "available": usd, "created_at": time,
+            "ApiKey": {"type": "object", "required": ["id", "object", "account_id", "prefix", "created_at", "revoked_at", "key"],
+                "properties": {"id": {"type": "string"}, "object": {"const": "api_key"}, "account_id": {"type": "string"},
+                "prefix": {"type": "string", "description": "The first characters of the secret, to tell keys apart"},
+                "created_at": at, "revoked_at": time,
+                "key": {"type": ["string", "null"], "description": "The secret: only in the answer that creates the key (not in its idempotent replay), null everywhere else"}}},
+            "Account": {"type": "object", "required": ["id", "object", "name", "created_at", "balance", "held", "available"],
+                "properties": {"id": {"type": "string"}, "object": {"const": "account"}, "name": {"type": "string"},
+                "balance": usd, "held": usd, "available": usd, "created_at": at,
                 "max_usd_per_hour": {"type": ["number", "null"], "description": "Cap on the summed price_per_hour of live rentals"},
                 "max_usd_per_month": {"type": ["number", "null"], "description": "Cap on spent_this_month"},
                 "spent_this_month": {"type": "number", "description": "USD charged since 00:00 UTC on the 1st"},
-                "api_key": schema("ApiKey"), "api_keys": {"type": "array", "items": schema("ApiKey")}}, "additionalProperties": true},
+                "api_key": schema("ApiKey"), "api_keys": {"type": "array", "items": schema("ApiKey")},
+                "entry": schema("LedgerEntry")}},
             "ProviderStatus": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
                 "base_url": {"type": ["string", "null"]}, "status": {"enum": ["pending", "ok", "stale", "failing"]},
                 "offers": {"type": "integer"}, "last_refresh_at": time, "last_attempt_at": time,
@@ -413,13 +525,13 @@ fn components() -> Value {
             "EventType": {"enum": ["*", "rental.running", "rental.ended", "deployment.ready", "account.low_balance", "account.spend_limit"]},
             "Webhook": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "webhook"},
                 "url": {"type": "string"}, "events": {"type": "array", "items": schema("EventType")},
-                "description": {"type": ["string", "null"]}, "created_at": time,
+                "description": {"type": ["string", "null"]}, "created_at": at,
                 "secret": {"type": "string", "description": "whsec_ + base64 of the 32-byte HMAC key; present only when the endpoint is created"}}},
             "WebhookDelivery": {"type": "object", "properties": {"id": {"type": "string"}, "object": {"const": "webhook_delivery"},
                 "webhook_id": {"type": "string"}, "event_id": {"type": "string", "description": "webhook-id of every attempt"},
                 "type": schema("EventType"), "status": {"enum": ["waiting", "pending", "delivered", "failed"]},
                 "attempts": {"type": "integer"}, "last_status": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
-                "created_at": time, "last_attempt_at": time, "next_attempt_at": time, "finished_at": time}},
+                "created_at": at, "last_attempt_at": time, "next_attempt_at": time, "finished_at": time}},
             "Deploying": {"type": "object", "properties": {"status": {"const": "deploying"}, "message": {"type": "string"},
                 "type": {"const": "model_deploying"}, "estimated_ready_seconds": {"type": "integer"}}}
         }

@@ -51,7 +51,12 @@ pub(super) fn ledger_total(e: &LedgerEntry) -> Option<(&'static str, i64)> {
 
 fn bump(t: &mut redb::Table<&'static str, i64>, key: &str, by: i64) -> Result<(), StoreError> {
     let now = t.get(key)?.map(|v| v.value()).unwrap_or(0);
-    t.insert(key, now + by)?;
+    // Callers keep totals in range (ledger::append checks the credit total); should one
+    // still overflow, the write fails rather than panicking or wrapping.
+    let next = now
+        .checked_add(by)
+        .ok_or_else(|| StoreError::Codec(format!("running total {key} out of range")))?;
+    t.insert(key, next)?;
     Ok(())
 }
 

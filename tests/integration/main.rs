@@ -29,6 +29,7 @@ mod lifecycle;
 mod money_api;
 mod offers_api;
 mod openai_sdk;
+mod openapi_doc;
 mod prices;
 mod providers_create_5xx;
 mod providers_daemon;
