@@ -76,7 +76,7 @@
       el("dl", {},
         el("dt", {}, "Offer"), el("dd", {}, o.id),
         el("dt", {}, "Provider / region"), el("dd", {}, o.provider + " / " + o.region),
-        el("dt", {}, "Price"), el("dd", {}, C.usd(o.price_per_hour) + " per hour (locked when you rent)"),
+        el("dt", {}, "Price"), el("dd", { id: "rent-price", dataset: { price: String(o.price_per_hour) } }, C.usd(o.price_per_hour) + " per hour (locked when you rent)"),
         el("dt", {}, "Hold"), el("dd", { id: "rent-hold", dataset: { hold } }, "$" + hold),
       ),
       el("p", { className: "note" }, "The hold covers the first " + C.config.min_session_seconds +
