@@ -220,6 +220,15 @@ try:
     shot("12-admin-accounts")
     css("#page tbody tr button")[0].click()
     until(lambda: css("#account-detail h3"), "an account's keys")
+    # Spend caps: set a monthly cap and see it come back from the server.
+    box = css("#cap-month")[0]
+    box.clear()
+    box.send_keys("123.45")
+    css("#caps button")[0].click()
+    until(lambda: css("#cap-month") and css("#cap-month")[0].get_attribute("value") == "123.45"
+          and "caps saved" in drv.page_source, "the monthly cap saved and shown")
+    check(css("#cap-hour")[0].get_attribute("value") == "", "no hourly cap set")
+    check("Spent this month" in css("#spent-month")[0].text, "spent this month shown")
     shot("13-admin-account-keys")
     go("#providers")
     names = until(lambda: [r.find_elements(By.CSS_SELECTOR, "td")[0].text for r in css("#providers tbody tr")],

@@ -159,8 +159,26 @@
           showSecret("New key (shown once): ", k.key || k.secret || text(k));
         } catch (e) { C.status(e.message, true); }
       } }, "New API key");
+      // Spend caps (SPEC 6): empty means no cap.
+      const capInput = (v) => el("input", { type: "number", min: "0", step: "0.01", placeholder: "no cap", value: v == null ? "" : String(v) });
+      const perHour = capInput(a.max_usd_per_hour);
+      const perMonth = capInput(a.max_usd_per_month);
+      perHour.id = "cap-hour";
+      perMonth.id = "cap-month";
+      const caps = el("form", { className: "filters", id: "caps" }, el("label", {}, "Max USD per hour", perHour),
+        el("label", {}, "Max USD per month", perMonth), el("button", { type: "submit" }, "Set caps"),
+        el("span", { id: "spent-month" }, "Spent this month: $" + text(a.spent_this_month)));
+      caps.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const val = (i) => (i.value.trim() === "" ? null : Number(i.value));
+        try {
+          await C.api("PATCH", "/admin/v1/accounts/" + encodeURIComponent(id), { max_usd_per_hour: val(perHour), max_usd_per_month: val(perMonth) });
+          await open(id);
+          C.status("caps saved");
+        } catch (e) { C.status(e.message, true); }
+      });
       const keys = (a.api_keys || []).map((k) => Object.assign({}, k, { key: undefined }));
-      detail.replaceChildren(el("div", { className: "card" }, el("h2", {}, a.name), add,
+      detail.replaceChildren(el("div", { className: "card" }, el("h2", {}, a.name), add, el("h3", {}, "Spend caps"), caps,
         el("h3", {}, "API keys"), keys.length ? C.table(keys, [
           ["Key", (k) => k.id],
           ["Prefix", (k) => text(k.prefix)],
