@@ -323,18 +323,24 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn old_request_charges_fold_to_one_per_model_and_day_exactly() {
-        use crate::model::LedgerKind;
+    /// A store, a manual clock at 01:00 UTC (every day's requests fall inside that
+    /// day) and a funded account.
+    async fn fold_fixture() -> (tempfile::TempDir, Store, Clock, crate::model::Account, i64) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.redb")).unwrap();
-        let day = fold::DAY_MS;
-        // Midnight UTC plus 1 h, so every day's requests are inside that day.
         let t0 = fold::day_start(1_800_000_000_000) + 3600 * 1000;
         let clock = Clock::manual(t0);
         let (a, _) = crate::accounts::create_account(&store, &clock, "t", Usd(10_000_000))
             .await
             .unwrap();
+        (dir, store, clock, a, t0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_request_charges_fold_to_one_per_model_and_day_exactly() {
+        use crate::model::LedgerKind;
+        let (_dir, store, clock, a, t0) = fold_fixture().await;
+        let day = fold::DAY_MS;
         for d in 0..40 {
             requests(&store, &a.id, "model-a", t0 + d * day, 3, 7).await;
             requests(&store, &a.id, "model-b", t0 + d * day + 60_000, 2, 11).await;
@@ -405,14 +411,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fold_with_a_small_batch_never_splits_a_day() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let (_dir, store, _clock, a, t0) = fold_fixture().await;
         let day = fold::DAY_MS;
-        let t0 = fold::day_start(1_800_000_000_000) + 3600 * 1000;
-        let clock = Clock::manual(t0);
-        let (a, _) = crate::accounts::create_account(&store, &clock, "t", Usd(10_000_000))
-            .await
-            .unwrap();
         for d in 0..5 {
             requests(&store, &a.id, "m", t0 + d * day, 4, 1).await;
         }
