@@ -37,7 +37,7 @@ pub(crate) async fn fold_once(
     clock: &Clock,
     detail_days: u64,
 ) -> Result<Folded, Error> {
-    let before = fold::day_start(clock.now() - detail_days as i64 * fold::DAY_MS);
+    let before = fold::day_start(days_ago(clock, detail_days));
     let due: Vec<String> = store
         .read(move |rx| {
             let mut due = Vec::new();
@@ -88,6 +88,14 @@ pub(crate) async fn sweep_once(store: &Store, clock: &Clock) -> Result<(usize, u
     Ok(total)
 }
 
+/// The time `days` days before now (far in the past for an absurd `days`).
+fn days_ago(clock: &Clock, days: u64) -> crate::clock::Millis {
+    let keep = i64::try_from(days)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(fold::DAY_MS);
+    clock.now().saturating_sub(keep)
+}
+
 /// Removes price history rows of hours that started more than `retention_days` ago;
 /// answers how many.
 pub(crate) async fn sweep_history(
@@ -95,10 +103,7 @@ pub(crate) async fn sweep_history(
     clock: &Clock,
     retention_days: u64,
 ) -> Result<usize, StoreError> {
-    let keep = i64::try_from(retention_days)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(24 * 3600 * 1000);
-    let cutoff = clock.now().saturating_sub(keep);
+    let cutoff = days_ago(clock, retention_days);
     let mut total = 0;
     let mut cursor = HistorySweep::start();
     while cursor.gpu.is_some() {
@@ -119,10 +124,7 @@ pub(crate) async fn sweep_deliveries(
     clock: &Clock,
     retention_days: u64,
 ) -> Result<usize, StoreError> {
-    let keep = i64::try_from(retention_days)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(24 * 3600 * 1000);
-    let cutoff = clock.now().saturating_sub(keep);
+    let cutoff = days_ago(clock, retention_days);
     let mut total = 0;
     loop {
         let (n, more) = store

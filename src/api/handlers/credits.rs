@@ -6,9 +6,8 @@ use hyper::StatusCode;
 
 use super::super::router::{Ctx, Reply};
 use super::super::{views, App};
-use super::{parse_limit, query_pairs};
 use crate::accounts;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub async fn balance(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let a = accounts::get_account(&app.store, &ctx.account()?.account_id).await?;
@@ -17,24 +16,7 @@ pub async fn balance(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
 
 pub async fn ledger(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
     let account = &ctx.account()?.account_id;
-    let mut limit = 50;
-    let mut before = None;
-    for (k, v) in query_pairs(&ctx.query)? {
-        match k.as_str() {
-            "limit" => limit = parse_limit(&v, 1000)?,
-            "cursor" => {
-                before = Some(v.parse::<u64>().map_err(|_| {
-                    Error::invalid_param("cursor", "cursor must be a value returned as next_cursor")
-                })?)
-            }
-            other => {
-                return Err(Error::invalid_param(
-                    other,
-                    format!("unknown query parameter '{other}'"),
-                ))
-            }
-        }
-    }
+    let (limit, before) = super::seq_page_query(&ctx.query)?;
     let acct = account.to_string();
     let entries = app
         .store

@@ -46,6 +46,31 @@ fn parse_limit(v: &str, max: usize) -> Result<usize> {
         })
 }
 
+/// `limit` (default 50, at most 1,000) and `cursor` (the `seq` of a page's last entry,
+/// as `next_cursor` gave it) of a list paged by sequence number, newest first; any
+/// other parameter is refused.
+fn seq_page_query(q: &str) -> Result<(usize, Option<u64>)> {
+    let mut limit = 50;
+    let mut before = None;
+    for (k, v) in query_pairs(q)? {
+        match k.as_str() {
+            "limit" => limit = parse_limit(&v, 1000)?,
+            "cursor" => {
+                before = Some(v.parse::<u64>().map_err(|_| {
+                    Error::invalid_param("cursor", "cursor must be a value returned as next_cursor")
+                })?)
+            }
+            other => {
+                return Err(Error::invalid_param(
+                    other,
+                    format!("unknown query parameter '{other}'"),
+                ))
+            }
+        }
+    }
+    Ok((limit, before))
+}
+
 /// A page of rentals, newest first: `account`'s, or (for the admin, `None`) everyone's
 /// or one `?account=`'s.
 async fn list_rentals(app: &App, ctx: &Ctx, account: Option<&str>) -> Result<Reply> {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::super::router::{Ctx, Reply};
 use super::super::{views, App};
-use super::{parse_limit, query_pairs};
+use super::query_pairs;
 use crate::error::{Error, Result};
 use crate::webhooks::admin::{self, NewWebhook};
 
@@ -64,24 +64,7 @@ pub async fn delete(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
 
 /// Newest first; a cursor is the seq of the last delivery of a page.
 pub async fn deliveries(app: &Arc<App>, ctx: &Ctx) -> Result<Reply> {
-    let mut limit = 50;
-    let mut before = None;
-    for (k, v) in query_pairs(&ctx.query)? {
-        match k.as_str() {
-            "limit" => limit = parse_limit(&v, 1000)?,
-            "cursor" => {
-                before = Some(v.parse::<u64>().map_err(|_| {
-                    Error::invalid_param("cursor", "cursor must be a value returned as next_cursor")
-                })?)
-            }
-            other => {
-                return Err(Error::invalid_param(
-                    other,
-                    format!("unknown query parameter '{other}'"),
-                ))
-            }
-        }
-    }
+    let (limit, before) = super::seq_page_query(&ctx.query)?;
     let page = admin::deliveries(&app.store, ctx.param("id")?, before, limit + 1).await?;
     let next = (page.len() > limit)
         .then(|| page.get(limit - 1).map(|d| d.seq.to_string()))
